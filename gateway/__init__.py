@@ -1,0 +1,3 @@
+"""The county data-exchange gateway: student status, poverty, disability and civil-affairs records."""
+
+__version__ = "0.1.0"

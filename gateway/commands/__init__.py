@@ -1,0 +1,11 @@
+"""Built-in subcommands of ``gateway``, one module per topic."""
+
+from __future__ import annotations
+
+import click
+
+
+def BUILTIN() -> list[click.Command]:  # noqa: N802 - reads as a constant at the call site
+    from . import db, ids, init, keys
+
+    return [ids.id_group, keys.keys_group, db.db_group, init.init_command]

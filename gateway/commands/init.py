@@ -1,0 +1,8 @@
+"""Placeholder."""
+
+import click
+
+
+@click.command("init")
+def init_command() -> None:
+    """(in progress)"""

@@ -1,0 +1,3 @@
+"""What the API keeps between requests: nonces seen within the signature window."""
+
+from __future__ import annotations
