@@ -33,7 +33,9 @@ CONNECTOR_NAMES_BUILTIN = ("sql", "csv", "xlsx", "http")
 DATASETS = ("students", "poverty", "disability", "assistance", "residents")
 ID_RETURN = ("masked", "subject_key", "sealed")
 ROLES = ("department", "auditor", "admin")
-_NAME = validate.Regexp(r"^[A-Za-z][A-Za-z0-9_-]*$", error="must start with a letter and use A-Z a-z 0-9 _ -")
+_NAME = validate.Regexp(
+    r"^[A-Za-z][A-Za-z0-9_-]*$", error="must start with a letter and use A-Z a-z 0-9 _ -"
+)
 
 
 def _cutoff(value: str) -> str:
@@ -55,7 +57,9 @@ class GatewaySchema(_Strict):
     keyring = fields.String(load_default="keyring.json")
     school_year_cutoff = fields.String(load_default="08-31", validate=_cutoff)
     compulsory_ages = fields.List(fields.Integer(strict=True), load_default=lambda: [6, 15])
-    log_level = fields.String(load_default="INFO", validate=validate.OneOf(["DEBUG", "INFO", "WARNING", "ERROR"]))
+    log_level = fields.String(
+        load_default="INFO", validate=validate.OneOf(["DEBUG", "INFO", "WARNING", "ERROR"])
+    )
     # A county id: printed on reports, used as the audit actor prefix of this gateway.
     site_name = fields.String(load_default="county")
 
@@ -81,10 +85,14 @@ class JobSchema(_Strict):
     source = fields.String(required=True)
     dataset = fields.String(load_default=None, allow_none=True, validate=validate.OneOf(DATASETS))
     mapping = fields.String(load_default=None, allow_none=True)
-    mode = fields.String(load_default="snapshot", validate=validate.OneOf(["snapshot", "incremental"]))
+    mode = fields.String(
+        load_default="snapshot", validate=validate.OneOf(["snapshot", "incremental"])
+    )
     schedule = fields.String(load_default=None, allow_none=True)
     targets = fields.List(fields.String(), load_default=list)
-    batch_size = fields.Integer(strict=True, load_default=5000, validate=validate.Range(1, 1_000_000))
+    batch_size = fields.Integer(
+        strict=True, load_default=5000, validate=validate.Range(1, 1_000_000)
+    )
     retries = fields.Integer(strict=True, load_default=3, validate=validate.Range(0, 20))
 
     @validates("schedule")
@@ -108,8 +116,12 @@ class DepartmentSchema(_Strict):
     public_key = fields.String(load_default=None, allow_none=True)  # X25519, for sealed IDs
     area = fields.String(load_default=None, allow_none=True)  # the caller's area-code prefix
     allow = fields.List(fields.Nested(AllowSchema), load_default=list)
-    permissions = fields.List(fields.String(validate=validate.OneOf(["reveal", "trigger"])), load_default=list)
-    rate_limit = fields.Integer(strict=True, load_default=50, validate=validate.Range(1, 1_000_000))  # req/s
+    permissions = fields.List(
+        fields.String(validate=validate.OneOf(["reveal", "trigger"])), load_default=list
+    )
+    rate_limit = fields.Integer(
+        strict=True, load_default=50, validate=validate.Range(1, 1_000_000)
+    )  # req/s
 
 
 class PluginsSchema(_Strict):
@@ -125,7 +137,9 @@ class AuditSchema(_Strict):
 
 class ApiSchema(_Strict):
     window_seconds = fields.Integer(strict=True, load_default=300, validate=validate.Range(1, 3600))
-    max_body_bytes = fields.Integer(strict=True, load_default=8 * 1024 * 1024, validate=validate.Range(1024))
+    max_body_bytes = fields.Integer(
+        strict=True, load_default=8 * 1024 * 1024, validate=validate.Range(1024)
+    )
     max_batch = fields.Integer(strict=True, load_default=10_000, validate=validate.Range(1))
 
 
@@ -145,12 +159,20 @@ class MatchSchema(_Strict):
 
 class SettingsSchema(_Strict):
     gateway = fields.Nested(GatewaySchema, load_default=lambda: GatewaySchema().load({}))
-    systems = fields.Dict(keys=fields.String(validate=_NAME), values=fields.Raw(), load_default=dict)
-    jobs = fields.Dict(keys=fields.String(validate=_NAME), values=fields.Nested(JobSchema), load_default=dict)
-    departments = fields.Dict(
-        keys=fields.String(validate=_NAME), values=fields.Nested(DepartmentSchema), load_default=dict
+    systems = fields.Dict(
+        keys=fields.String(validate=_NAME), values=fields.Raw(), load_default=dict
     )
-    users = fields.Dict(keys=fields.String(validate=_NAME), values=fields.Nested(UserSchema), load_default=dict)
+    jobs = fields.Dict(
+        keys=fields.String(validate=_NAME), values=fields.Nested(JobSchema), load_default=dict
+    )
+    departments = fields.Dict(
+        keys=fields.String(validate=_NAME),
+        values=fields.Nested(DepartmentSchema),
+        load_default=dict,
+    )
+    users = fields.Dict(
+        keys=fields.String(validate=_NAME), values=fields.Nested(UserSchema), load_default=dict
+    )
     plugins = fields.Nested(PluginsSchema, load_default=lambda: PluginsSchema().load({}))
     audit = fields.Nested(AuditSchema, load_default=lambda: AuditSchema().load({}))
     api = fields.Nested(ApiSchema, load_default=lambda: ApiSchema().load({}))
@@ -323,7 +345,11 @@ def _flatten(messages: Any, prefix: str = "") -> list[str]:
             key = "fields" if key == "fields_" else key
             # marshmallow reports Dict values as {"key": {"value": {...}}}: drop that level.
             if isinstance(value, dict) and set(value) <= {"key", "value"}:
-                value = {k2: v2 for part in value.values() for k2, v2 in (part.items() if isinstance(part, dict) else [("", part)])}
+                value = {
+                    k2: v2
+                    for part in value.values()
+                    for k2, v2 in (part.items() if isinstance(part, dict) else [("", part)])
+                }
             out += _flatten(value, f"{prefix}.{key}" if prefix else str(key))
     elif isinstance(messages, list):
         if all(isinstance(m, str) for m in messages):
@@ -352,7 +378,9 @@ def load(path: str | Path) -> Settings:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError(f"{path}: no such config file (run `gateway init DIR` to create one)") from None
+        raise ConfigError(
+            f"{path}: no such config file (run `gateway init DIR` to create one)"
+        ) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read: {exc}") from None
     try:

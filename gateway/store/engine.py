@@ -48,7 +48,9 @@ def create_store_engine(url: str, base_dir: Path | str = ".") -> Engine:
         else:
             engine = create_engine(url, pool_pre_ping=True)
     except (ArgumentError, ImportError) as exc:
-        raise StoreError(f"gateway.store: cannot use {make_url(url).render_as_string()}: {exc}") from None
+        raise StoreError(
+            f"gateway.store: cannot use {make_url(url).render_as_string()}: {exc}"
+        ) from None
     return engine
 
 

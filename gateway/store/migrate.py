@@ -32,7 +32,9 @@ def current_revision(engine: Engine) -> str | None:
         with engine.connect() as conn:
             return MigrationContext.configure(conn).get_current_revision()
     except SQLAlchemyError as exc:
-        raise StoreError(f"store unreachable: {str(exc.orig if hasattr(exc, 'orig') else exc).splitlines()[0]}") from None
+        raise StoreError(
+            f"store unreachable: {str(exc.orig if hasattr(exc, 'orig') else exc).splitlines()[0]}"
+        ) from None
 
 
 def is_current(engine: Engine) -> bool:
