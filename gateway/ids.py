@@ -145,10 +145,14 @@ class InvalidId(ValueError):
 
 
 def mask(value: str) -> str:
-    """First 6 + ``*`` + last 4; values shorter than 15 characters are masked completely."""
-    if len(value) < 15:
+    """First 6 + one ``*`` per hidden character + last 4; 10 characters or fewer: all ``*``.
+
+    Same rule as ``gateway.crypto.mask_id`` (kept here too so that ID handling does not import
+    the cryptography stack).
+    """
+    if len(value) <= 10:
         return "*" * len(value)
-    return f"{value[:6]}*{value[-4:]}"
+    return value[:6] + "*" * (len(value) - 10) + value[-4:]
 
 
 def check_char(first17: str) -> str:
