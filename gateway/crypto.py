@@ -32,7 +32,7 @@ import re
 import secrets
 import stat
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
@@ -515,6 +515,9 @@ class Keyring:
 
     def __contains__(self, key_id: object) -> bool:
         return key_id in self._keys
+
+    def __iter__(self) -> Iterator[Key]:
+        return iter(list(self._keys.values()))
 
     def keys(self, purpose: str | None = None) -> list[Key]:
         """Keys in the keyring's order (oldest first), optionally only one purpose's."""

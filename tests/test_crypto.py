@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import hashlib
-import hmac
 import json
 import os
 import stat
@@ -37,7 +36,7 @@ def secret_forms(material: bytes) -> list[str]:
 
 
 def assert_no_secret(text: str, ring: Keyring) -> None:
-    for key in ring.keys():
+    for key in ring:
         for form in secret_forms(key.material):
             assert form not in text, f"material of {key.id} leaked"
 
@@ -216,7 +215,7 @@ def test_create_writes_0600_with_one_active_key_per_purpose(tmp_path: Path) -> N
     assert doc["version"] == 1 and doc["suite"] == "aes-gcm+hmac-sha256"
     assert sorted(k["purpose"] for k in doc["keys"]) == ["audit_signing", "blind_index", "seal"]
     today = dt.datetime.now(dt.UTC).strftime("%Y%m%d")
-    for key in ring.keys():
+    for key in ring:
         prefix = {"blind_index": "bi", "seal": "seal", "audit_signing": "sig"}[key.purpose]
         assert key.id.startswith(f"{prefix}-{today}-") and len(key.id.rsplit("-", 1)[1]) == 4
         assert key.active and len(key.material) == 32
@@ -225,7 +224,7 @@ def test_create_writes_0600_with_one_active_key_per_purpose(tmp_path: Path) -> N
     assert [p.name for p in tmp_path.iterdir()] == ["keyring.json"]
     again = Keyring.load(path)
     assert again.status() == ring.status()
-    assert [k.material for k in again.keys()] == [k.material for k in ring.keys()]
+    assert [k.material for k in again] == [k.material for k in ring]
 
 
 def test_create_sm4_keyring_has_16_byte_seal_key(tmp_path: Path) -> None:
@@ -343,7 +342,7 @@ def test_key_repr_and_status_never_show_material() -> None:
     ring = Keyring.create(None)
     ring.new("department", key_id="edu-2026")
     ring.new("open", key_id="education")
-    shown = repr(ring) + str(ring.status()) + "".join(repr(k) + str(k) for k in ring.keys())
+    shown = repr(ring) + str(ring.status()) + "".join(repr(k) + str(k) for k in ring)
     shown += repr(Protector(ring, AES))
     assert "edu-2026" in shown and "bi-" in shown
     assert_no_secret(shown, ring)
