@@ -90,6 +90,7 @@ PROVINCE_CODES = frozenset(
 _WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
 _CHECK_OF_SUM = "10X98765432"  # weighted sum mod 11 -> check character
 _CHECK_CHARS = frozenset("0123456789X")
+_DIGITS_AND_X = dict.fromkeys(map(ord, "0123456789X"))  # a deletion table
 
 _EARLIEST_BIRTH = "19000101"  # older than that is a typo, not a person
 _OTHER_MIN_LEN, _OTHER_MAX_LEN = 4, 32
@@ -442,15 +443,17 @@ def _check_text(text: str, today_key: str) -> IdResult:
             if len(text) == 15:
                 return _validate15(text, today_key)
             return _length_problem(len(text))
-        if text[-1] == "X" and text[:-1].isdigit():
-            if len(text) == 18:
+        if not text.translate(_DIGITS_AND_X):  # digits and X only: the length decides first
+            if len(text) not in (15, 18):
+                return _length_problem(len(text))
+            if len(text) == 18 and text[:-1].isdigit():
                 return _validate18(text, today_key)
-            if len(text) == 15:
+            if len(text) == 15 and text[:-1].isdigit():
                 return _bad(
                     "bad_charset",
                     "a 15-digit (pre-1999) number has no check character, so it cannot end in X",
                 )
-            return _length_problem(len(text))
+            return _charset_problem(text)
         if _SCIENTIFIC.fullmatch(text):
             return _scientific_problem(text, today_key)
         match = _DECIMAL_FORM.fullmatch(text)
@@ -471,10 +474,14 @@ def _check_number(raw: int | float | Decimal, today_key: str) -> IdResult:
     if isinstance(raw, bool):
         return _bad("bad_charset", "is a true/false value, not an ID number")
     if isinstance(raw, int):
+        if raw.bit_length() > 64:  # far beyond 18 digits; spares str() of a giant int
+            return _bad("bad_length", "is a number far longer than an ID number")
         number, exact = raw, True
     else:
         if not (raw.is_finite() if isinstance(raw, Decimal) else math.isfinite(raw)):
             return _bad("bad_charset", "is not a number")
+        if isinstance(raw, Decimal) and raw.adjusted() > 19:
+            return _bad("bad_length", "is a number far longer than an ID number")
         number = int(raw)
         if number != raw:
             return _bad("bad_charset", "is a number with a fractional part, not an ID number")
