@@ -6,6 +6,6 @@ import click
 
 
 def BUILTIN() -> list[click.Command]:  # noqa: N802 - reads as a constant at the call site
-    from . import db, ids, init, keys
+    from . import db, ids, init, keys, plugins_cmd
 
-    return [ids.id_group, keys.keys_group, db.db_group, init.init_command]
+    return [ids.id_group, keys.keys_group, db.db_group, init.init_command, plugins_cmd.plugins_command]

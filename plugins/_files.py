@@ -1,0 +1,166 @@
+"""What the file connectors (csv, xlsx) share: a file or a drop folder, content hashes, the cursor,
+batching, and atomic replacement of a written file.
+
+The cursor of a file source is ``{"done": [sha256, ...], "file": sha256 | None, ...where}``: the
+content hashes of files fully read (never read again, whatever their name), and the file being
+read with the connector's position inside it (``row``; xlsx adds ``sheet``). A renamed or copied
+file with the same content counts as read; a changed file is new content and is read.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import os
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from gateway.connectors import Batch, ConnectorContext, Row
+from gateway.errors import ConfigError, SourceError
+
+CHUNK = 1 << 20
+_MAGIC = set("*?[")
+
+# Where a file reader is inside one file, after the item it just produced (JSON-serialisable).
+Where = dict[str, Any]
+# (Row or None for a record that carries no data, e.g. a blank line; where after it)
+Item = tuple[Row | None, Where]
+
+
+def is_glob(pattern: str) -> bool:
+    return not _MAGIC.isdisjoint(pattern)
+
+
+def display(path: Path, base_dir: Path) -> str:
+    """How a file is named in positions and errors: relative to the site folder when inside it."""
+    try:
+        return path.relative_to(base_dir).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def required_path(config: Mapping[str, Any], context: ConnectorContext, connector: str) -> str:
+    value = config.get("path")
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(
+            f"systems.{context.system}.path: required by the {connector} connector (a file or a glob)"
+        )
+    return value
+
+
+def source_files(pattern: str, context: ConnectorContext) -> list[Path]:
+    """The files to read, sorted by name: one file, or every match of a glob over a drop folder.
+
+    Hidden files and Office lock files (``~$name.xlsx``) are not data. An empty drop folder is
+    not an error; a missing file or folder is.
+    """
+    base = Path(context.base_dir).resolve()
+    target = Path(pattern)
+    full = target if target.is_absolute() else base / target
+    if not is_glob(pattern):
+        if not full.is_file():
+            cause = "is a folder, not a file" if full.is_dir() else "no such file"
+            raise SourceError(context.system, display(full, base), cause)
+        return [full]
+    fixed = Path(
+        *[p for p in full.parts[: next(i for i, p in enumerate(full.parts) if is_glob(p))]]
+    )
+    if not fixed.is_dir():
+        raise SourceError(
+            context.system, display(full, base), f"no such folder {display(fixed, base)}"
+        )
+    prefix = glob.escape(str(fixed))
+    rest = full.relative_to(fixed).as_posix()
+    found = (Path(p) for p in glob.glob(f"{prefix}/{rest}", recursive=True))
+    return sorted(p for p in found if p.is_file() and not p.name.startswith((".", "~$")))
+
+
+def digest(
+    path: Path, context: ConnectorContext, on_chunk: Callable[[bytes], None] | None = None
+) -> str:
+    """sha256 of a file's content, read in chunks; ``on_chunk`` sees every chunk (decode checks)."""
+    sha = hashlib.sha256()
+    try:
+        with path.open("rb") as f:
+            while chunk := f.read(CHUNK):
+                sha.update(chunk)
+                if on_chunk is not None:
+                    on_chunk(chunk)
+    except OSError as exc:
+        raise unreadable(path, context, exc) from None
+    return sha.hexdigest()
+
+
+def unreadable(path: Path, context: ConnectorContext, exc: OSError) -> SourceError:
+    return SourceError(
+        context.system,
+        display(path, Path(context.base_dir).resolve()),
+        f"cannot read: {exc.strerror or exc}",
+    )
+
+
+def read_files(
+    files: Iterable[Path],
+    cursor: Mapping[str, Any] | None,
+    batch_size: int,
+    file_digest: Callable[[Path], str],
+    file_items: Callable[[Path, Where | None], Iterator[Item]],
+) -> Iterator[Batch]:
+    """Batches over every file not read yet, resuming inside the file the cursor names.
+
+    ``file_items(path, resume)`` yields a file's rows each with its position inside the file;
+    ``resume`` is the cursor's position when this is the file the cursor names. A batch's cursor
+    is the position after its last row. The last batch (possibly empty, when only files without
+    rows were finished) records every finished file as done.
+    """
+    if batch_size < 1:
+        raise ValueError("batch_size must be at least 1")
+    cursor = dict(cursor or {})
+    done: list[str] = list(cursor.get("done", []))
+    seen = set(done)
+    started_with = len(done)
+    resume_file = cursor.get("file")
+    resume_where = {k: v for k, v in cursor.items() if k not in ("done", "file")}
+    batch: list[Row] = []
+    current: str | None = None
+    where: Where = {}
+    for path in files:
+        sha = file_digest(path)
+        if sha in seen:
+            continue  # fully read before (or the same content twice in this folder)
+        current, where = sha, {}
+        for row, after in file_items(path, resume_where if sha == resume_file else None):
+            if len(batch) >= batch_size:
+                yield Batch(batch, {"done": list(done), "file": current, **where})
+                batch = []
+            if row is not None:
+                batch.append(row)
+            where = after
+        done.append(sha)
+        seen.add(sha)
+        current, where = None, {}
+    if batch or len(done) > started_with:
+        yield Batch(batch, {"done": done, "file": None})
+
+
+def atomic_replace(path: Path, context: ConnectorContext, write: Callable[[Path], None]) -> None:
+    """Write a new version of ``path`` next to it, flush it to disk, then swap it in: a reader
+    sees the old file or the new one, never half of one. The old file's permissions are kept."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        write(tmp)
+        with tmp.open("rb+") as f:
+            os.fsync(f.fileno())
+        if path.exists():
+            os.chmod(tmp, path.stat().st_mode & 0o7777)
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise SourceError(
+            context.system,
+            display(path, Path(context.base_dir).resolve()),
+            f"cannot write: {exc.strerror or exc}",
+        ) from None
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -1,0 +1,492 @@
+"""The ``csv`` connector: a CSV file or a drop folder of them, in whatever encoding departments use.
+
+Encoding ``auto`` (the default) tries strict decodes of the whole file, in order: a BOM (UTF-8,
+UTF-16, GB18030), then UTF-8, then GB18030 (a superset of GBK, so GBK exports decode too), and
+records which one worked. A file none of them decodes is an error naming the line that failed;
+charset-normalizer's guess is added as a hint only - a guess is never used to read data. An
+explicit ``encoding`` is used as given and a byte it cannot decode is reported with its line.
+
+Rows stream through the csv module (files of a million rows never sit in memory). A row with the
+wrong number of fields is kept with a problem (position ``file:line``) so the sync quarantines it
+and goes on. Writing upserts by key into one file, in the encoding the receiver asks for.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import datetime as dt
+import itertools
+import logging
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from gateway.connectors import Batch, Connector, ConnectorContext, Row, WriteResult
+from gateway.errors import ConfigError, SourceError
+from gateway.hookspecs import hookimpl
+
+from . import _files
+
+log = logging.getLogger(__name__)
+
+AUTO_ORDER = ("utf-8", "gb18030")  # strict decodes tried in this order when there is no BOM
+_BOMS = (
+    (codecs.BOM_UTF8, "utf-8-sig"),
+    (codecs.BOM_UTF16_LE, "utf-16"),
+    (codecs.BOM_UTF16_BE, "utf-16"),
+    ("\ufeff".encode("gb18030"), "gb18030"),
+)
+WRITE_DEFAULT_ENCODING = "utf-8-sig"  # what Excel opens correctly when nobody asked otherwise
+
+
+class CsvConnector(Connector):
+    """Options: ``path`` (file or glob, relative to the site folder), ``encoding`` ("auto"),
+    ``delimiter`` (","), ``quotechar`` ('"'), ``header_row`` (1-based, default 1) or ``skip_rows``
+    (lines above the header), ``required_columns`` (checked in every file's header)."""
+
+    name = "csv"
+    options = (
+        "path",
+        "encoding",
+        "delimiter",
+        "quotechar",
+        "header_row",
+        "skip_rows",
+        "required_columns",
+    )
+
+    def __init__(self, options: Mapping[str, Any], context: ConnectorContext):
+        super().__init__(options, context)
+        key = f"systems.{context.system}"
+        self.path = _files.required_path(self.config, context, self.name)
+        self.encoding = str(self.config.get("encoding", "auto")).strip().lower()
+        if self.encoding != "auto":
+            try:
+                codecs.lookup(self.encoding)
+            except LookupError:
+                raise ConfigError(f"{key}.encoding: unknown encoding {self.encoding!r}") from None
+        self.delimiter = self.config.get("delimiter", ",")
+        self.quotechar = self.config.get("quotechar", '"')
+        for name, value in (("delimiter", self.delimiter), ("quotechar", self.quotechar)):
+            if not isinstance(value, str) or len(value) != 1:
+                raise ConfigError(f'{key}.{name}: must be a single character, e.g. "," or "\\t"')
+        self.header_row = _header_row(self.config, key)
+        required = self.config.get("required_columns", [])
+        if not isinstance(required, list) or not all(isinstance(c, str) for c in required):
+            raise ConfigError(f"{key}.required_columns: must be a list of column names")
+        self.required_columns: list[str] = required
+        self.base_dir = Path(context.base_dir).resolve()
+        # file name -> the encoding it was read with (auto detection reports what it found here)
+        self.detected: dict[str, str] = {}
+
+    # --- reading -------------------------------------------------------------------------------
+
+    def read(self, cursor: Any = None, batch_size: int = 5000) -> Iterator[Batch]:
+        files = _files.source_files(self.path, self.context)
+        encodings: dict[Path, str] = {}
+
+        def file_digest(path: Path) -> str:
+            sha, encodings[path] = self._scan(path)
+            return sha
+
+        def file_items(path: Path, resume: _files.Where | None) -> Iterator[_files.Item]:
+            return self._rows(path, encodings[path], int((resume or {}).get("row", 0)))
+
+        yield from _files.read_files(files, cursor, batch_size, file_digest, file_items)
+
+    def _name(self, path: Path) -> str:
+        return _files.display(path, self.base_dir)
+
+    def _scan(self, path: Path) -> tuple[str, str]:
+        """One pass over the bytes: the content hash, and a strict decode with the encoding to use
+        (auto: the first that decodes the whole file). Fails before any row of the file is read."""
+        name = self._name(path)
+        if self.encoding != "auto":
+            check = _DecodeCheck(self.encoding)
+            sha = _files.digest(path, self.context, check)
+            if not check.finish():
+                line = _failing_line(path, self.encoding)
+                at = f"{name}:{line}" if line else name
+                raise SourceError(
+                    self.context.system,
+                    at,
+                    f"cannot be decoded as {self.encoding} (the configured encoding)",
+                )
+            self.detected[name] = self.encoding
+            return sha, self.encoding
+        try:
+            with path.open("rb") as f:
+                head = f.read(4)
+        except OSError as exc:
+            raise _files.unreadable(path, self.context, exc) from None
+        candidates = [enc for bom, enc in _BOMS if head.startswith(bom)][:1] or list(AUTO_ORDER)
+        check = _DecodeCheck(candidates[0])
+        sha = _files.digest(path, self.context, check)
+        chosen = candidates[0] if check.finish() else None
+        failures = {} if chosen else {candidates[0]: _failing_line(path, candidates[0])}
+        for enc in candidates[1:]:
+            if chosen:
+                break
+            again = _DecodeCheck(enc)
+            _files.digest(path, self.context, again)
+            if again.finish():
+                chosen = enc
+            else:
+                failures[enc] = _failing_line(path, enc)
+        if chosen is None:
+            tried = ", ".join(
+                f"{enc} (line {line})" if line else enc for enc, line in failures.items()
+            )
+            raise SourceError(
+                self.context.system,
+                name,
+                f"cannot be decoded as {tried}{_guess(path)}; set `encoding` for this system if you know it",
+            )
+        log.info("%s: %s read as %s", self.context.system, name, chosen)
+        self.detected[name] = chosen
+        return sha, chosen
+
+    def _rows(self, path: Path, encoding: str, skip: int) -> Iterator[_files.Item]:
+        name = self._name(path)
+        system = self.context.system
+        try:
+            f = path.open("r", encoding=encoding, newline="", errors="strict")
+        except OSError as exc:
+            raise _files.unreadable(path, self.context, exc) from None
+        with f:
+            reader = csv.reader(f, delimiter=self.delimiter, quotechar=self.quotechar)
+            try:
+                header = self._header(reader, name)
+                width = len(header)
+                consumed = skip
+                if skip:
+                    for _ in itertools.islice(reader, skip):
+                        pass
+                last_line = reader.line_num
+                for fields in reader:
+                    line = last_line + 1
+                    last_line = reader.line_num
+                    consumed += 1
+                    if len(fields) == width:
+                        yield (
+                            Row(f"{name}:{line}", dict(zip(header, fields, strict=True))),
+                            {"row": consumed},
+                        )
+                    elif not "".join(fields).strip():
+                        yield None, {"row": consumed}  # a blank line carries no data
+                    else:
+                        yield self._misshapen(f"{name}:{line}", header, fields), {"row": consumed}
+            except csv.Error as exc:
+                raise SourceError(
+                    system, f"{name}:{reader.line_num}", f"malformed CSV: {exc}"
+                ) from None
+            except UnicodeDecodeError as exc:  # the file changed after it was checked
+                raise SourceError(
+                    system,
+                    f"{name}:{reader.line_num + 1}",
+                    f"cannot be decoded as {encoding}: {exc.reason}",
+                ) from None
+            except OSError as exc:
+                raise _files.unreadable(path, self.context, exc) from None
+
+    def _header(self, reader: Any, name: str) -> list[str]:
+        records = list(itertools.islice(reader, self.header_row))
+        if not records:
+            raise SourceError(self.context.system, name, "empty file: no header row")
+        if len(records) < self.header_row:
+            raise SourceError(
+                self.context.system,
+                name,
+                f"has no line {self.header_row} for the header (header_row)",
+            )
+        record = records[-1]
+        header = [cell.strip() for cell in record]
+        if header:
+            header[0] = (
+                header[0].lstrip("\ufeff").strip()
+            )  # a BOM kept by codecs without -sig handling
+        if not any(header):
+            raise SourceError(
+                self.context.system, f"{name}:{reader.line_num}", "the header row is blank"
+            )
+        header = [h or f"_column{i}" for i, h in enumerate(header, 1)]
+        seen: set[str] = set()
+        for column in header:
+            if column in seen:
+                raise SourceError(
+                    self.context.system,
+                    f"{name}:{reader.line_num}",
+                    f"column {column!r} appears twice in the header",
+                )
+            seen.add(column)
+        missing = [c for c in self.required_columns if c not in seen]
+        if missing:
+            raise SourceError(
+                self.context.system,
+                name,
+                f"missing column{'s' if len(missing) > 1 else ''} {', '.join(repr(c) for c in missing)} "
+                f"in the header (line {reader.line_num})",
+            )
+        return header
+
+    @staticmethod
+    def _misshapen(position: str, header: list[str], fields: list[str]) -> Row:
+        data: dict[str, Any] = dict(zip(header, fields, strict=False))
+        if len(fields) < len(header):
+            field, what = header[len(fields)], "missing"
+        else:
+            field, what = "", "extra"
+            data["_extra"] = fields[len(header) :]
+        message = f"{len(fields)} fields where the header has {len(header)} ({what} fields: a stray delimiter or quote?)"
+        return Row(position, data, [(field, "field_count", message)])
+
+    # --- writing -------------------------------------------------------------------------------
+
+    def write(self, rows: Sequence[Mapping[str, Any]], key: Sequence[str]) -> WriteResult:
+        """Upsert by ``key`` into the one file ``path``: matching rows replaced in place, new rows
+        appended, everything else (title lines above the header included) kept. Nothing to change
+        leaves the file untouched; otherwise the new version is written beside it and swapped in.
+        The same rows always give the same bytes. Encoding: the configured one; with "auto", the
+        existing file's own, or UTF-8 with a BOM for a new file."""
+        system = self.context.system
+        if _files.is_glob(self.path):
+            raise ConfigError(f"systems.{system}.path: writing needs one file, not a glob")
+        if not key:
+            raise ConfigError(f"systems.{system}: writing needs a key")
+        target = Path(self.path) if Path(self.path).is_absolute() else self.base_dir / self.path
+        name = self._name(target)
+        incoming: dict[tuple[str, ...], dict[str, str]] = {}
+        columns: dict[str, None] = {}  # ordered set: the columns in the order rows bring them
+        for i, row in enumerate(rows, 1):
+            missing = [k for k in key if k not in row]
+            if missing:
+                raise SourceError(system, name, f"row {i} to write has no key field {missing[0]!r}")
+            text = {column: _text(value) for column, value in row.items()}
+            incoming[tuple(text[k] for k in key)] = text  # the same key twice: the last one wins
+            columns.update(dict.fromkeys(text))
+        plan = _Merge(incoming, key, list(columns), preamble=self.header_row - 1)
+        encoding = WRITE_DEFAULT_ENCODING if self.encoding == "auto" else self.encoding
+        read_encoding: str | None = None
+        if target.exists():
+            _, read_encoding = self._scan(target)
+            encoding = read_encoding if self.encoding == "auto" else encoding
+            plan.scan(self._records(target, read_encoding), system, name)
+        else:
+            plan.scan(iter(()), system, name)
+        if plan.changes():
+            existing = self._records(target, read_encoding) if read_encoding else iter(())
+            _files.atomic_replace(
+                target,
+                self.context,
+                lambda tmp: self._write_file(
+                    tmp, plan.merged(existing), plan.header, encoding, name
+                ),
+            )
+        return plan.result
+
+    def _records(self, path: Path, encoding: str) -> Iterator[list[str]]:
+        try:
+            with path.open("r", encoding=encoding, newline="", errors="strict") as f:
+                yield from csv.reader(f, delimiter=self.delimiter, quotechar=self.quotechar)
+        except csv.Error as exc:
+            raise SourceError(
+                self.context.system, self._name(path), f"malformed CSV: {exc}"
+            ) from None
+        except OSError as exc:
+            raise _files.unreadable(path, self.context, exc) from None
+
+    def _write_file(
+        self, tmp: Path, records: Iterator[list[str]], header: list[str], encoding: str, name: str
+    ) -> None:
+        with tmp.open("x", encoding=encoding, newline="", errors="strict") as f:
+            writer = csv.writer(
+                f, delimiter=self.delimiter, quotechar=self.quotechar, lineterminator="\r\n"
+            )
+            for line, record in enumerate(records, 1):
+                try:
+                    writer.writerow(record)
+                except UnicodeEncodeError:
+                    # Name the column, never the value (it may be an ID number).
+                    bad = next(
+                        i for i, value in enumerate(record) if not _encodable(value, encoding)
+                    )
+                    column = header[bad] if bad < len(header) else f"field {bad + 1}"
+                    raise SourceError(
+                        self.context.system,
+                        f"{name}:{line}",
+                        f"the value of {column!r} has characters that {encoding} cannot encode",
+                    ) from None
+
+
+class _Merge:
+    """An upsert of keyed rows into a stream of existing CSV records, counted before writing."""
+
+    def __init__(
+        self,
+        incoming: dict[tuple[str, ...], dict[str, str]],
+        key: Sequence[str],
+        columns: list[str],
+        preamble: int,
+    ):
+        self.incoming = incoming
+        self.key = list(key)
+        self.columns = columns
+        self.preamble = preamble  # records above the header (title lines), copied as they are
+        self.header: list[str] = []
+        self.result = WriteResult()
+        self._grown = False  # the header gains columns: every line is rewritten
+
+    def scan(self, records: Iterator[list[str]], system: str, name: str) -> None:
+        """First pass over the existing file: its header, and what the write would change."""
+        for _ in itertools.islice(records, self.preamble):
+            pass
+        first = next(records, None)
+        if first is None:  # a new (or empty) file
+            self.header, self._grown = list(self.columns), True
+            self.result.inserted = len(self.incoming)
+            return
+        self.header = [c.lstrip("\ufeff").strip() for c in first]
+        missing = [k for k in self.key if k not in self.header]
+        if missing:
+            raise SourceError(system, name, f"the existing file has no key column {missing[0]!r}")
+        added = [c for c in self.columns if c not in self.header]
+        self._grown = bool(added)
+        self.header += added
+        matched: set[tuple[str, ...]] = set()
+        for k, record in self._keyed(records):
+            new = self.incoming.get(k)
+            if new is None or k in matched:
+                continue
+            matched.add(k)
+            if self._line(new) == _padded(record, len(self.header)):
+                self.result.unchanged += 1
+            else:
+                self.result.updated += 1
+        self.result.inserted = len(self.incoming) - len(matched)
+
+    def changes(self) -> bool:
+        return bool(self.result.inserted or self.result.updated or self._grown)
+
+    def merged(self, records: Iterator[list[str]]) -> Iterator[list[str]]:
+        """Second pass: the existing records with matching rows replaced, then the new rows."""
+        yield from itertools.islice(records, self.preamble)
+        next(records, None)
+        yield self.header
+        placed: set[tuple[str, ...]] = set()
+        for k, record in self._keyed(records):
+            new = self.incoming.get(k)
+            if new is not None and k not in placed:
+                placed.add(k)
+                yield self._line(new)
+            else:
+                yield _padded(record, len(self.header))
+        for k, new in self.incoming.items():
+            if k not in placed:
+                yield self._line(new)
+
+    def _keyed(self, records: Iterator[list[str]]) -> Iterator[tuple[tuple[str, ...], list[str]]]:
+        index = [self.header.index(k) for k in self.key]
+        for record in records:
+            yield tuple(record[i] if i < len(record) else "" for i in index), record
+
+    def _line(self, row: Mapping[str, str]) -> list[str]:
+        return [row.get(c, "") for c in self.header]
+
+
+def _padded(record: list[str], width: int) -> list[str]:
+    return record + [""] * (width - len(record)) if len(record) < width else record
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, dt.datetime):
+        return value.isoformat(sep=" ")
+    if isinstance(value, dt.date):
+        return value.isoformat()
+    return str(value)
+
+
+def _encodable(value: str, encoding: str) -> bool:
+    try:
+        value.encode(encoding)
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+class _DecodeCheck:
+    """Feeds chunks to a strict incremental decoder; remembers whether the bytes so far decode."""
+
+    def __init__(self, encoding: str):
+        self.decoder = codecs.getincrementaldecoder(encoding)(errors="strict")
+        self.ok = True
+
+    def __call__(self, chunk: bytes) -> None:
+        if self.ok:
+            try:
+                self.decoder.decode(chunk)
+            except UnicodeDecodeError:
+                self.ok = False
+
+    def finish(self) -> bool:
+        if self.ok:
+            try:
+                self.decoder.decode(b"", final=True)
+            except UnicodeDecodeError:
+                self.ok = False
+        return self.ok
+
+
+def _failing_line(path: Path, encoding: str) -> int | None:
+    """The 1-based line whose bytes do not decode. Line ends are single bytes in every ASCII-
+    compatible encoding (UTF-8, GBK, GB18030), so lines can be decoded one by one; None where
+    that does not hold (UTF-16)."""
+    if codecs.lookup(encoding).name.startswith("utf-16"):
+        return None
+    decoder = codecs.getincrementaldecoder(encoding)(errors="strict")
+    with path.open("rb") as f:
+        number = 0
+        for number, line in enumerate(f, 1):
+            try:
+                decoder.decode(line)
+            except UnicodeDecodeError:
+                return number
+        try:
+            decoder.decode(b"", final=True)
+        except UnicodeDecodeError:
+            return number
+    return None
+
+
+def _guess(path: Path) -> str:
+    """charset-normalizer's guess, as a hint in an error message only."""
+    try:
+        from charset_normalizer import from_path
+
+        best = from_path(path, steps=5, chunk_size=4096).best()
+    except Exception:  # noqa: BLE001 - a hint that cannot be computed is left out
+        return ""
+    return f" (charset-normalizer guesses {best.encoding})" if best is not None else ""
+
+
+def _header_row(config: Mapping[str, Any], key: str) -> int:
+    header_row, skip_rows = config.get("header_row"), config.get("skip_rows")
+    for name, value, low in (("header_row", header_row, 1), ("skip_rows", skip_rows, 0)):
+        if value is not None and (
+            not isinstance(value, int) or isinstance(value, bool) or value < low
+        ):
+            raise ConfigError(f"{key}.{name}: must be a whole number >= {low}")
+    if header_row is not None and skip_rows is not None and header_row != skip_rows + 1:
+        raise ConfigError(
+            f"{key}.skip_rows: contradicts header_row (header_row = skip_rows + 1); give one of them"
+        )
+    if header_row is not None:
+        return header_row
+    return (skip_rows or 0) + 1
+
+
+@hookimpl
+def register_connectors() -> list[type[Connector]]:
+    return [CsvConnector]
