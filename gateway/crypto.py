@@ -310,7 +310,16 @@ class Keyring:
             return cls.from_json(text, source)
         path = Path(source)
         try:
-            info = path.stat()
+            # Check the mode of the file actually opened (no stat-then-open race).
+            with open(path, "rb") as handle:
+                info = os.fstat(handle.fileno())
+                if os.name == "posix" and info.st_mode & 0o077:
+                    raise KeyringError(
+                        f"{path}: the keyring is accessible by group or others "
+                        f"(mode {stat.S_IMODE(info.st_mode):04o}); refusing to use it. "
+                        f"Fix: chmod 600 {path}"
+                    )
+                data = handle.read()
         except FileNotFoundError:
             raise KeyringError(
                 f"{path}: no keyring here; create one with `gateway keys new --keyring {path}` "
@@ -318,17 +327,10 @@ class Keyring:
             ) from None
         except OSError as exc:
             raise KeyringError(f"{path}: cannot read the keyring: {exc.strerror}") from None
-        if os.name == "posix" and info.st_mode & 0o077:
-            raise KeyringError(
-                f"{path}: the keyring is accessible by group or others "
-                f"(mode {stat.S_IMODE(info.st_mode):04o}); refusing to use it. "
-                f"Fix: chmod 600 {path}"
-            )
         try:
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
-            raise KeyringError(f"{path}: cannot read the keyring: {reason}") from None
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise KeyringError(f"{path}: cannot read the keyring: not UTF-8 text") from None
         return cls.from_json(text, path)
 
     @classmethod
