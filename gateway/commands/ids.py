@@ -6,6 +6,7 @@ never echoed, only its reason.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable, Iterator
 
 import click
@@ -21,7 +22,12 @@ def id_group() -> None:
 
 def _stdin_lines() -> Iterator[str]:
     """One value per line. UTF-8, else GB 18030 (files from Chinese Windows), line by line."""
-    for raw in click.get_binary_stream("stdin"):
+    stream = getattr(sys.stdin, "buffer", None)
+    if stream is None:  # stdin replaced by a text-only stream: already decoded
+        for text in sys.stdin:
+            yield text.rstrip("\r\n")
+        return
+    for raw in stream:
         line = raw.rstrip(b"\r\n")
         try:
             yield line.decode("utf-8")
