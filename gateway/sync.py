@@ -1,0 +1,1222 @@
+"""A job run: read -> map -> validate -> protect -> diff -> deliver -> write -> audit.
+
+Every batch the connector yields is mapped and validated row by row (bad rows go to quarantine),
+keyed and hashed, compared with the stored rows in one SELECT, delivered to the job's targets, and
+then applied to the store together with the cursor, the run's counts and its audit entry in ONE
+transaction. Targets are written *before* that commit: a run killed in between delivers the batch
+again next time (targets take idempotent upserts) instead of never.
+
+Snapshot mode: rows of the source that the run did not see are marked ``removed`` at the end
+(never deleted). "Seen" is an in-memory array indexed by the store row id (4 bytes per row id, the
+batch number that saw it), persisted per committed batch as a small blob so that a resumed
+snapshot neither removes rows its dead predecessor saw nor misses a duplicate across the two.
+Unchanged rows are therefore never written: re-reading an unchanged export costs SELECTs only.
+
+Duplicates: the first row with a record key wins; a later row with the same key in the same run
+is quarantined with reason ``duplicate``, naming the first row's position (its batch's range
+when the first was in an earlier batch).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import logging
+import random
+import re
+import threading
+import time
+import uuid
+import zlib
+from array import array
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+from sqlalchemy import bindparam, delete, func, insert, select, update
+from sqlalchemy.exc import SQLAlchemyError
+
+from . import audit
+from .errors import ConfigError, GatewayError, SourceError, TransientSourceError
+from .protect import KeyProblem, RecordProtector
+from .store.jobs import (
+    JobCursor,
+    QuarantineRow,
+    Run,
+    SnapshotSeen,
+    acquire_lease,
+    new_holder,
+    release_lease,
+    renew_lease,
+    utcnow,
+)
+from .store.records import DATASET_MODELS
+
+if TYPE_CHECKING:
+    from sqlalchemy import Table
+    from sqlalchemy.orm import Session
+
+    from .config import JobSettings
+    from .connectors import Batch, Connector, Row
+    from .site import Site
+
+log = logging.getLogger(__name__)
+
+LEASE_TTL_S = 60.0  # a crashed holder's lease frees itself after this long (another host)
+BACKOFF_BASE_S = 0.5
+BACKOFF_CAP_S = 30.0
+SELECT_CHUNK = 1000  # record keys per IN (...) lookup
+REMOVAL_SCAN_CHUNK = 20_000
+
+
+class SyncFailed(GatewayError):
+    """The run was recorded as failed; the message is its cause, on one line."""
+
+    exit_code = 1
+
+
+class JobBusy(GatewayError):
+    """Another process holds the job's lease."""
+
+    exit_code = 1
+
+
+# -- the run summary --------------------------------------------------------------------------------
+
+
+@dataclass
+class RunSummary:
+    """What a run did. ``read == inserted + updated + unchanged + quarantined`` always; ``removed``
+    (snapshot rows no longer in the source) is reported beside them."""
+
+    job: str
+    mode: str
+    run_id: int | None = None
+    kind: str = "sync"
+    status: str = "running"
+    dry_run: bool = False
+    read: int = 0
+    inserted: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    quarantined: int = 0
+    removed: int = 0
+    delivered: int = 0
+    batches: int = 0
+    duration_s: float = 0.0
+    mapping_name: str | None = None
+    mapping_version: str | None = None
+    snapshot_id: int | None = None
+    resumed_from: int | None = None
+    error: str | None = None
+    total: int | None = None  # rows the source said it holds, when it can tell
+
+    @property
+    def adds_up(self) -> bool:
+        return self.read == self.inserted + self.updated + self.unchanged + self.quarantined
+
+    def counts(self) -> dict[str, int]:
+        return {
+            "read": self.read,
+            "inserted": self.inserted,
+            "updated": self.updated,
+            "unchanged": self.unchanged,
+            "quarantined": self.quarantined,
+            "removed": self.removed,
+            "delivered": self.delivered,
+        }
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def line(self) -> str:
+        rate = f", {self.read / self.duration_s:,.0f} rows/s" if self.duration_s > 0 else ""
+        head = f"{self.job}: {'dry run: ' if self.dry_run else ''}{self.status}"
+        if self.run_id is not None:
+            head += f" (run {self.run_id}"
+            head += f", resumes run {self.resumed_from})" if self.resumed_from else ")"
+        return (
+            f"{head}: read {self.read} = inserted {self.inserted} + updated {self.updated} + "
+            f"unchanged {self.unchanged} + quarantined {self.quarantined}; removed {self.removed}; "
+            f"delivered {self.delivered}; {self.duration_s:.1f} s{rate}"
+        )
+
+
+class Progress(Protocol):
+    """What the run reports to a progress display (a rich bar on a terminal, log lines otherwise)."""
+
+    def start(self, summary: RunSummary) -> None: ...
+
+    def advance(self, summary: RunSummary) -> None: ...
+
+    def finish(self, summary: RunSummary) -> None: ...
+
+
+# -- the job, resolved from the config -----------------------------------------------------------
+
+
+@dataclass
+class Target:
+    system: str
+    connector: Connector
+    mapper: Any  # gateway.mapping.OutboundMapper
+
+
+@dataclass
+class ResolvedJob:
+    settings: JobSettings
+    source: str
+    dataset: str
+    mapper: Any  # gateway.mapping.Mapper
+    protector: RecordProtector
+    table: Table
+    targets: list[Target] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.settings.name
+
+
+def _mapping_dirs(site: Site) -> list[Any]:
+    return [site.path("mappings")]
+
+
+def load_job_mapping(site: Site, source: str, dataset: str, spec: str | None) -> Any:
+    """The inbound mapper of a job: ``spec`` (the job's ``mapping``), else the system's, else the
+    system plugin's default for the dataset; the site's copy in mappings/ wins over the shipped one."""
+    from .mapping import load_for
+    from .plugins import systems
+
+    system = site.settings.systems[source]
+    spec = spec or system.mapping
+    if spec is None:
+        system_spec = systems(site.plugins).get(system.plugin)
+        if system_spec is None or dataset not in system_spec.datasets:
+            raise ConfigError(
+                f"jobs: system {source!r} (plugin {system.plugin!r}) has no default mapping for "
+                f"dataset {dataset!r}: set `mapping` on the job or the system"
+            )
+        spec = system_spec.datasets[dataset]
+    return load_for(spec, site.plugins, base_dirs=_mapping_dirs(site))
+
+
+def _job_dataset(site: Site, job: JobSettings) -> str:
+    from .plugins import systems
+
+    if job.dataset:
+        return job.dataset
+    system = site.settings.systems[job.source]
+    if system.dataset:
+        return system.dataset
+    spec = systems(site.plugins).get(system.plugin)
+    if spec is not None and len(spec.datasets) == 1:
+        return next(iter(spec.datasets))
+    raise ConfigError(
+        f"jobs.{job.name}.dataset: required (system {job.source!r} has several datasets)"
+    )
+
+
+def outbound_spec(site: Site, target: str, dataset: str) -> str:
+    """The outbound mapping for ``dataset`` into ``target``: ``<target plugin>/<dataset>.out``."""
+    return f"{site.settings.systems[target].plugin}/{dataset}.out"
+
+
+def resolve_job(site: Site, job_name: str, *, with_targets: bool = True) -> ResolvedJob:
+    """The job's settings, source, dataset, mapper, store table and targets (ConfigError if wrong)."""
+    from .mapping import load_for
+    from .plugins import make_connector
+
+    job = site.settings.jobs.get(job_name)
+    if job is None:
+        known = ", ".join(sorted(site.settings.jobs)) or "none configured"
+        raise ConfigError(f"jobs.{job_name}: no such job in [jobs] (known: {known})")
+    dataset = _job_dataset(site, job)
+    mapper = load_job_mapping(site, job.source, dataset, job.mapping)
+    if getattr(mapper, "dataset", dataset) != dataset:
+        raise ConfigError(
+            f"jobs.{job_name}.mapping: mapping {mapper.name!r} is for dataset {mapper.dataset!r}, "
+            f"not {dataset!r}"
+        )
+    model = DATASET_MODELS[dataset]
+    table = model.__table__
+    protector = RecordProtector(
+        site.protector,
+        dataset,
+        [c.name for c in table.columns],
+        getattr(mapper, "sensitivity", {}),
+        getattr(mapper, "record_key_fields", None) or ("subject_key",),
+    )
+    targets: list[Target] = []
+    if with_targets:
+        for name in job.targets:
+            outbound = load_for(
+                outbound_spec(site, name, dataset), site.plugins, base_dirs=_mapping_dirs(site)
+            )
+            targets.append(Target(name, make_connector(site, name), outbound))
+    return ResolvedJob(job, job.source, dataset, mapper, protector, table, targets)
+
+
+# -- the job's lease ------------------------------------------------------------------------------
+
+
+class HeldLease:
+    """The job's lease while this process runs it, renewed by a heartbeat thread.
+
+    ``lost`` is set when a renewal finds the lease taken (it expired, e.g. the database was
+    unreachable longer than the TTL): the run then stops after its current batch.
+    """
+
+    def __init__(self, site: Site, job: str, holder: str | None = None, ttl_s: float = LEASE_TTL_S):
+        self.site, self.job, self.ttl_s = site, job, ttl_s
+        self.holder = holder or new_holder()
+        self.lost = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def acquire(self) -> bool:
+        with self.site.begin() as session:
+            if not acquire_lease(session, self.job, self.holder, self.ttl_s):
+                return False
+        self._thread = threading.Thread(target=self._beat, name=f"lease-{self.job}", daemon=True)
+        self._thread.start()
+        return True
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.ttl_s / 3):
+            try:
+                with self.site.begin() as session:
+                    if not renew_lease(session, self.job, self.holder, self.ttl_s):
+                        self.lost.set()
+                        return
+            except SQLAlchemyError as exc:  # the next beat tries again; expiry decides
+                log.warning("job %s: lease heartbeat failed: %s", self.job, _first_line(exc))
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        try:
+            with self.site.begin() as session:
+                release_lease(session, self.job, self.holder)
+        except SQLAlchemyError as exc:  # it expires by itself
+            log.warning("job %s: could not release the lease: %s", self.job, _first_line(exc))
+
+    def __enter__(self) -> HeldLease:
+        if not self.acquire():
+            raise JobBusy(f"job {self.job} is being run by another process; try again when it ends")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+# -- rows seen in this run ----------------------------------------------------------------------
+
+
+class SeenIds:
+    """Store row ids seen in this run -> the (1-based) batch number that saw them.
+
+    An ``array('I')`` indexed by row id: 4 bytes per id up to the table's highest id, whatever the
+    input holds (1M rows: 4 MB), instead of a set of keys that would grow with every row read.
+    """
+
+    def __init__(self) -> None:
+        self._batch = array("I")
+        self.count = 0
+
+    def batch_of(self, row_id: int) -> int:
+        return self._batch[row_id] if row_id < len(self._batch) else 0
+
+    def mark(self, row_ids: Sequence[int], batch_no: int) -> None:
+        if not row_ids:
+            return
+        top = max(row_ids)
+        if top >= len(self._batch):
+            grow = max(top + 1, len(self._batch) * 2) - len(self._batch)
+            self._batch.frombytes(bytes(4 * grow))
+        b = self._batch
+        for rid in row_ids:
+            if not b[rid]:
+                self.count += 1
+            b[rid] = batch_no
+
+    @staticmethod
+    def pack(row_ids: Sequence[int]) -> bytes:
+        return zlib.compress(array("Q", row_ids).tobytes(), 1)
+
+    @staticmethod
+    def unpack(blob: bytes) -> array:
+        return array("Q", zlib.decompress(blob))
+
+
+# -- the runner ----------------------------------------------------------------------------------
+
+
+@dataclass
+class _Q:
+    """A row bound for quarantine."""
+
+    row: Row
+    stage: str
+    field: str | None
+    reason: str
+    message: str
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(getattr(exc, "orig", None) or exc).strip()
+    return text.splitlines()[0] if text else exc.__class__.__name__
+
+
+def _no_long_numbers(text: str) -> str:
+    """An error text for the audit log, which refuses anything shaped like an ID number."""
+    return re.sub(r"\d{15,}[\dXx]?", "[number]", text)
+
+
+def _errors_message(errors: Sequence[Any]) -> str:
+    return "; ".join(f"{e.field}: {e.message}" for e in errors)
+
+
+def backoff_delay(attempt: int, base: float = BACKOFF_BASE_S, cap: float = BACKOFF_CAP_S) -> float:
+    """Exponential backoff with jitter: between half and all of ``base * 2**(attempt-1)``."""
+    delay = min(cap, base * 2 ** (attempt - 1))
+    return random.uniform(delay / 2, delay)
+
+
+class JobRunner:
+    """One run of one job. Use ``run_job``; this class holds the run's state."""
+
+    def __init__(
+        self,
+        site: Site,
+        job: ResolvedJob,
+        *,
+        dry_run: bool = False,
+        full: bool = False,
+        progress: Progress | None = None,
+        stop: threading.Event | None = None,
+        lease: HeldLease | None = None,
+        actor: str | None = None,
+    ):
+        self.site = site
+        self.job = job
+        self.dry_run = dry_run
+        self.full = full
+        self.progress = progress
+        self.stop = stop or threading.Event()
+        self.lease = lease
+        self.actor = actor or f"job:{job.name}"
+        self.table = job.table
+        self.rp = job.protector
+        self.mapper = job.mapper
+        self.snapshot = job.settings.mode == "snapshot"
+        self.seen = SeenIds()
+        self.batch_ranges: dict[int, tuple[str, str]] = {}
+        self.new_keys: set[str] = set()  # dry run only: keys an earlier batch would have inserted
+        self.summary = RunSummary(
+            job=job.name,
+            mode=job.settings.mode,
+            dry_run=dry_run,
+            mapping_name=getattr(self.mapper, "name", None),
+            mapping_version=str(getattr(self.mapper, "version", "")) or None,
+        )
+        self.cursor: Any = None
+        self.batch_no = 0
+        self.reading_done = False
+        self._started = time.monotonic()
+        self._deliveries: list[tuple[str, list[str]]] = []
+        from .schemas import validate_record
+
+        self._validate: Callable[..., list[Any]] = validate_record
+
+    # ---- start ----------------------------------------------------------------------------
+
+    def _start(self, connector: Connector) -> None:
+        s = self.summary
+        total = getattr(connector, "estimate_rows", None)
+        with contextlib.suppress(Exception):  # an estimate is a nicety, never a failure
+            s.total = total() if callable(total) else None
+        if self.dry_run:
+            # A dry run compares the whole export (snapshot) or what follows the cursor
+            # (incremental) with the store, writing nothing.
+            if not self.snapshot and not self.full:
+                with self.site.begin() as session:
+                    state = session.get(JobCursor, self.job.name)
+                    self.cursor = json.loads(state.cursor) if state and state.cursor else None
+            return
+        from .plugins import plugin_versions
+
+        now = utcnow()
+        with self.site.begin() as session:
+            # We hold the lease: a run of this job still marked running died without recording.
+            session.execute(
+                update(Run)
+                .where(Run.job == self.job.name, Run.status == "running")
+                .values(
+                    status="failed",
+                    finished_at=now,
+                    error="the process ended before the run finished (killed or crashed); "
+                    "the next run resumed from its last committed batch",
+                )
+            )
+            previous = session.execute(
+                select(Run.id, Run.status)
+                .where(Run.job == self.job.name, Run.kind == "sync")
+                .order_by(Run.id.desc())
+                .limit(1)
+            ).first()
+            state = session.get(JobCursor, self.job.name)
+            if state is None:
+                state = JobCursor(job=self.job.name, cursor=None, batch_no=0)
+                session.add(state)
+            resuming = not self.full and (state.snapshot_id is not None or not self.snapshot)
+            if self.full:
+                if state.snapshot_id is not None:
+                    session.execute(
+                        delete(SnapshotSeen).where(SnapshotSeen.snapshot_id == state.snapshot_id)
+                    )
+                state.cursor, state.snapshot_id, state.batch_no, state.reading_done = (
+                    None,
+                    None,
+                    0,
+                    False,
+                )
+            run = Run(
+                job=self.job.name,
+                kind="sync",
+                mode=self.job.settings.mode,
+                status="running",
+                full=self.full,
+                source=self.job.source,
+                dataset=self.job.dataset,
+                mapping_name=s.mapping_name,
+                mapping_version=s.mapping_version,
+                plugin_versions=json.dumps(plugin_versions(self.site.plugins), sort_keys=True),
+                holder=self.lease.holder if self.lease else None,
+                started_at=now,
+                heartbeat_at=now,
+            )
+            session.add(run)
+            session.flush()
+            s.run_id = run.id
+            if previous is not None and previous.status != "succeeded" and resuming:
+                s.resumed_from = previous.id
+            if self.snapshot:
+                if state.snapshot_id is None:
+                    state.snapshot_id = run.id
+                    state.cursor, state.batch_no, state.reading_done = None, 0, False
+                s.snapshot_id = run.snapshot_id = state.snapshot_id
+                for batch_no, blob, first, last in session.execute(
+                    select(
+                        SnapshotSeen.batch_no,
+                        SnapshotSeen.ids,
+                        SnapshotSeen.first_position,
+                        SnapshotSeen.last_position,
+                    ).where(SnapshotSeen.snapshot_id == state.snapshot_id)
+                ):
+                    self.seen.mark(SeenIds.unpack(blob), batch_no)
+                    self.batch_ranges[batch_no] = (first or "", last or "")
+            self.cursor = json.loads(state.cursor) if state.cursor else None
+            self.batch_no = state.batch_no
+            self.reading_done = bool(state.reading_done)
+            state.updated_at = now
+
+    # ---- the loop ------------------------------------------------------------------------
+
+    def run(self, connector: Connector) -> RunSummary:
+        s = self.summary
+        self._start(connector)
+        if self.progress:
+            self.progress.start(s)
+        try:
+            if not self.reading_done:
+                self._read_all(connector)
+            if self.lease is not None and self.lease.lost.is_set():
+                self._finish("failed")
+                return s
+            if self.stop.is_set():
+                self._finish("interrupted")
+                return s
+            if self.snapshot:
+                self._mark_reading_done()
+                self._removals()
+            self._finish("succeeded")
+        except GatewayError as exc:
+            self._fail(str(exc))
+            raise SyncFailed(f"job {self.job.name}: run {s.run_id or '-'} failed: {exc}") from None
+        except SQLAlchemyError as exc:
+            cause = f"store: {_first_line(exc)}"
+            self._fail(cause)
+            raise SyncFailed(
+                f"job {self.job.name}: run {s.run_id or '-'} failed: {cause}"
+            ) from None
+        return s
+
+    def _read_all(self, connector: Connector) -> None:
+        attempt = 0
+        retries = self.job.settings.retries
+        while True:
+            batches = connector.read(self.cursor, self.job.settings.batch_size)
+            try:
+                for batch in batches:
+                    self._batch(batch)
+                    attempt = 0
+                    if self.stop.is_set() or (self.lease is not None and self.lease.lost.is_set()):
+                        return
+                return
+            except TransientSourceError as exc:
+                attempt += 1
+                if attempt > retries:
+                    raise
+                delay = backoff_delay(attempt)
+                log.warning(
+                    "job %s: %s; retry %d of %d in %.1f s from the last committed batch",
+                    self.job.name,
+                    exc,
+                    attempt,
+                    retries,
+                    delay,
+                )
+                if self.stop.wait(delay):
+                    return
+            finally:
+                close = getattr(batches, "close", None)
+                if close is not None:
+                    close()
+
+    # ---- one batch --------------------------------------------------------------------------
+
+    def _batch(self, batch: Batch) -> None:
+        rp = self.rp
+        map_row = self.mapper.map_row
+        validate = self._validate
+        dataset = self.job.dataset
+        key_and_hash = rp.key_and_hash
+        quarantine: list[_Q] = []
+        pending: dict[str, tuple[Row, dict[str, Any], str, str]] = {}
+        keep: list[str] = []  # record keys of quarantined rows: their stored row is still there
+        for row in batch.rows:
+            if row.problems:
+                fld, code, _ = row.problems[0]
+                quarantine.append(_Q(row, "read", fld, code, "; ".join(p[2] for p in row.problems)))
+                continue
+            record, errors = map_row(row.data)
+            stage = "map"
+            if not errors:
+                errors = validate(dataset, record)
+                stage = "validate"
+            if errors:
+                quarantine.append(
+                    _Q(row, stage, errors[0].field, errors[0].code, _errors_message(errors))
+                )
+                if not any(
+                    e.field in rp.record_key_fields or e.field == "id_number" for e in errors
+                ):
+                    with contextlib.suppress(KeyProblem, ValueError, TypeError):
+                        sk = rp.subject_key(record)
+                        keep.append(rp.record_key(record, sk))
+                continue
+            try:
+                subject_key, record_key, content_hash = key_and_hash(record)
+            except KeyProblem as problem:
+                quarantine.append(_Q(row, "key", problem.field, problem.code, problem.message))
+                continue
+            first = pending.get(record_key)
+            if first is not None:
+                quarantine.append(
+                    _Q(
+                        row,
+                        "duplicate",
+                        "record_key",
+                        "duplicate",
+                        f"same record key as the row at {first[0].position} in this run; the first is kept",
+                    )
+                )
+                continue
+            pending[record_key] = (row, record, subject_key, content_hash)
+
+        existing = self._existing(list(pending) + keep)
+        this_batch = self.batch_no + 1
+        inserts: list[tuple[str, Row, dict[str, Any], str, str]] = []
+        updates: list[tuple[int, str, Row, dict[str, Any], str, str]] = []
+        seen_ids: list[int] = []
+        unchanged = 0
+        for record_key, (row, record, subject_key, content_hash) in pending.items():
+            found = existing.get(record_key)
+            if found is None:
+                if self.dry_run and record_key in self.new_keys:
+                    quarantine.append(self._duplicate(row, None))
+                    continue
+                inserts.append((record_key, row, record, subject_key, content_hash))
+                continue
+            row_id, stored_hash, removed = found
+            earlier = self.seen.batch_of(row_id)
+            if earlier:
+                quarantine.append(self._duplicate(row, earlier))
+                continue
+            seen_ids.append(row_id)
+            if removed or stored_hash != content_hash:
+                updates.append((row_id, record_key, row, record, subject_key, content_hash))
+            else:
+                unchanged += 1
+        for record_key in keep:
+            found = existing.get(record_key)
+            if found is not None and not found[2] and not self.seen.batch_of(found[0]):
+                seen_ids.append(found[0])
+
+        s = self.summary
+        if self.dry_run:
+            self.new_keys.update(k for k, *_ in inserts)
+            self.seen.mark(seen_ids, this_batch)
+            self._count(batch, len(inserts), len(updates), unchanged, len(quarantine), 0)
+            return
+
+        delivered = self._deliver(
+            [(rec, sk, "inserted") for _, _, rec, sk, _ in inserts]
+            + [(rec, sk, "updated") for _, _, _, rec, sk, _ in updates]
+        )
+        now = utcnow()
+        with self.site.begin() as session:
+            conn = session.connection()
+            if inserts:
+                rows = [
+                    {
+                        **rp.stored_columns(rec, sk),
+                        "source": self.job.source,
+                        "record_key": rk,
+                        "content_hash": ch,
+                        "removed": False,
+                        "first_run_id": s.run_id,
+                        "last_run_id": s.run_id,
+                        "updated_at": now,
+                    }
+                    for rk, _, rec, sk, ch in inserts
+                ]
+                result = conn.execute(insert(self.table).returning(self.table.c.id), rows)
+                seen_ids.extend(result.scalars().all())
+            if updates:
+                t = self.table
+                stmt = update(t).where(t.c.id == bindparam("_id"))
+                conn.execute(
+                    stmt,
+                    [
+                        {
+                            **rp.stored_columns(rec, sk),
+                            "_id": row_id,
+                            "record_key": rk,
+                            "content_hash": ch,
+                            "removed": False,
+                            "last_run_id": s.run_id,
+                            "updated_at": now,
+                        }
+                        for row_id, rk, _, rec, sk, ch in updates
+                    ],
+                )
+            if quarantine:
+                self._store_quarantine(conn, quarantine, now)
+            positions = (
+                (batch.rows[0].position, batch.rows[-1].position) if batch.rows else ("", "")
+            )
+            if self.snapshot:
+                session.add(
+                    SnapshotSeen(
+                        snapshot_id=s.snapshot_id,
+                        batch_no=this_batch,
+                        ids=SeenIds.pack(seen_ids),
+                        first_position=positions[0][:200],
+                        last_position=positions[1][:200],
+                    )
+                )
+            state = session.get(JobCursor, self.job.name)
+            state.cursor = (
+                json.dumps(batch.cursor, default=str) if batch.cursor is not None else state.cursor
+            )
+            state.batch_no = this_batch
+            state.updated_at = now
+            n_read = len(batch.rows)
+            session.execute(
+                update(Run)
+                .where(Run.id == s.run_id)
+                .values(
+                    read=Run.read + n_read,
+                    inserted=Run.inserted + len(inserts),
+                    updated=Run.updated + len(updates),
+                    unchanged=Run.unchanged + unchanged,
+                    quarantined=Run.quarantined + len(quarantine),
+                    delivered=Run.delivered + delivered,
+                    batches=Run.batches + 1,
+                    heartbeat_at=now,
+                )
+            )
+            audit.record(
+                session,
+                site=self.site,
+                actor=self.actor,
+                action="sync.batch",
+                dataset=self.job.dataset,
+                detail={
+                    "job": self.job.name,
+                    "run": s.run_id,
+                    "batch": this_batch,
+                    "source": self.job.source,
+                    "read": n_read,
+                    "inserted": len(inserts),
+                    "updated": len(updates),
+                    "unchanged": unchanged,
+                    "quarantined": len(quarantine),
+                },
+            )
+            self._audit_deliveries(session)
+        # Only now, with the batch committed, does it count as seen.
+        self.batch_no = this_batch
+        self.batch_ranges[this_batch] = positions
+        self.seen.mark(seen_ids, this_batch)
+        self.cursor = batch.cursor if batch.cursor is not None else self.cursor
+        s.delivered += delivered
+        self._count(batch, len(inserts), len(updates), unchanged, len(quarantine), 0)
+
+    def _count(self, batch: Batch, ins: int, upd: int, unch: int, quar: int, removed: int) -> None:
+        s = self.summary
+        s.read += len(batch.rows)
+        s.inserted += ins
+        s.updated += upd
+        s.unchanged += unch
+        s.quarantined += quar
+        s.removed += removed
+        s.batches += 1
+        s.duration_s = time.monotonic() - self._started
+        if self.progress:
+            self.progress.advance(s)
+
+    def _duplicate(self, row: Row, earlier_batch: int | None) -> _Q:
+        if earlier_batch is None or earlier_batch not in self.batch_ranges:
+            where = "an earlier row of this run"
+        else:
+            first, last = self.batch_ranges[earlier_batch]
+            where = f"a row of this run between {first} and {last}" if first != last else first
+        return _Q(
+            row,
+            "duplicate",
+            "record_key",
+            "duplicate",
+            f"same record key as {where}; the first is kept",
+        )
+
+    def _existing(self, keys: Sequence[str]) -> dict[str, tuple[int, str, bool]]:
+        """record_key -> (id, content_hash, removed) of the stored rows among ``keys``."""
+        if not keys:
+            return {}
+        t = self.table
+        out: dict[str, tuple[int, str, bool]] = {}
+        stmt = select(t.c.record_key, t.c.id, t.c.content_hash, t.c.removed).where(
+            t.c.source == self.job.source, t.c.record_key.in_(bindparam("keys", expanding=True))
+        )
+        with self.site.engine.connect() as conn:
+            for i in range(0, len(keys), SELECT_CHUNK):
+                for rk, rid, ch, removed in conn.execute(
+                    stmt, {"keys": keys[i : i + SELECT_CHUNK]}
+                ):
+                    out[rk] = (rid, ch, bool(removed))
+        return out
+
+    def _store_quarantine(self, conn: Any, rows: list[_Q], now: dt.datetime) -> None:
+        seal = self.site.protector.seal
+        values = []
+        for q in rows:
+            uid = uuid.uuid4().hex
+            raw = json.dumps(q.row.data, ensure_ascii=False, default=str, sort_keys=True)
+            values.append(
+                {
+                    "uid": uid,
+                    "run_id": self.summary.run_id,
+                    "job": self.job.name,
+                    "source": self.job.source,
+                    "dataset": self.job.dataset,
+                    "position": q.row.position[:200],
+                    "stage": q.stage,
+                    "field": (q.field or None) and q.field[:100],
+                    "reason": q.reason[:40],
+                    "message": q.message,
+                    "row_sealed": seal(raw, dataset="quarantine", field="row", record=uid),
+                    "status": "open",
+                    "attempts": 1,
+                    "created_at": now,
+                    "updated_at": now,
+                }
+            )
+        conn.execute(insert(QuarantineRow.__table__), values)
+
+    # ---- targets ------------------------------------------------------------------------------
+
+    def _deliver(self, changes: list[tuple[dict[str, Any], str, str]]) -> int:
+        """Upsert the changed records into every target (before the store commit: at least once,
+        idempotent). Returns the number of records written, all targets together."""
+        self._deliveries = []
+        if not changes or not self.job.targets:
+            return 0
+        from .plugins import emit_record_delivered
+
+        total = 0
+        for target in self.job.targets:
+            native = []
+            for record, subject_key, change in changes:
+                rec = dict(record)
+                rec["subject_key"] = subject_key
+                rec["removed"] = change == "removed"
+                rec["change"] = change
+                native.append(target.mapper.map_record(rec))
+            self._write_target(target, native)
+            keys = [sk for _, sk, _ in changes]
+            emit_record_delivered(self.site.plugins, target.system, self.job.dataset, keys)
+            self._deliveries.append((target.system, keys))
+            total += len(native)
+        return total
+
+    def _write_target(self, target: Target, rows: list[dict[str, Any]]) -> None:
+        attempt = 0
+        while True:
+            try:
+                target.connector.write(rows, list(target.mapper.key))
+                return
+            except TransientSourceError as exc:
+                attempt += 1
+                if attempt > self.job.settings.retries:
+                    raise
+                delay = backoff_delay(attempt)
+                log.warning(
+                    "job %s: target %s: %s; retry in %.1f s",
+                    self.job.name,
+                    target.system,
+                    exc,
+                    delay,
+                )
+                time.sleep(delay)
+
+    def _audit_deliveries(self, session: Session) -> None:
+        for system, keys in self._deliveries:
+            audit.record(
+                session,
+                site=self.site,
+                actor=self.actor,
+                action="sync.deliver",
+                outcome="delivered",
+                dataset=self.job.dataset,
+                purpose="sync",
+                subject_keys=keys,
+                detail={
+                    "job": self.job.name,
+                    "run": self.summary.run_id,
+                    "target": system,
+                    "records": len(keys),
+                },
+            )
+        self._deliveries = []
+
+    # ---- snapshot removals ---------------------------------------------------------------------
+
+    def _mark_reading_done(self) -> None:
+        if self.dry_run or self.reading_done:
+            return
+        with self.site.begin() as session:
+            session.get(JobCursor, self.job.name).reading_done = True
+        self.reading_done = True
+
+    def _removals(self) -> None:
+        """Mark rows of the source this snapshot did not see as removed, in batches; deliver them
+        as removed events first. Skipped without a scan when the counts show nothing is missing."""
+        t = self.table
+        source = self.job.source
+        with self.site.engine.connect() as conn:
+            present = conn.execute(
+                select(func.count())
+                .select_from(t)
+                .where(t.c.source == source, t.c.removed.is_(False))
+            ).scalar_one()
+        if present - self.seen.count <= 0:
+            return
+        last_id = 0
+        gone: list[int] = []
+        while True:
+            with self.site.engine.connect() as conn:
+                ids = (
+                    conn.execute(
+                        select(t.c.id)
+                        .where(t.c.source == source, t.c.removed.is_(False), t.c.id > last_id)
+                        .order_by(t.c.id)
+                        .limit(REMOVAL_SCAN_CHUNK)
+                    )
+                    .scalars()
+                    .all()
+                )
+            if not ids:
+                break
+            last_id = ids[-1]
+            gone.extend(i for i in ids if not self.seen.batch_of(i))
+            while len(gone) >= self.job.settings.batch_size:
+                self._remove(gone[: self.job.settings.batch_size])
+                del gone[: self.job.settings.batch_size]
+                if self.stop.is_set():
+                    return
+        if gone:
+            self._remove(gone)
+
+    def _remove(self, row_ids: list[int]) -> None:
+        t = self.table
+        s = self.summary
+        if self.dry_run:
+            s.removed += len(row_ids)
+            return
+        with self.site.engine.connect() as conn:
+            rows = [
+                dict(r._mapping)
+                for r in conn.execute(select(t).where(t.c.id.in_(row_ids), t.c.removed.is_(False)))
+            ]
+        if not rows:
+            return
+        changes = []
+        if self.job.targets:
+            changes = [(self.rp.open_row(r), r["subject_key"], "removed") for r in rows]
+        delivered = self._deliver(changes)
+        now = utcnow()
+        with self.site.begin() as session:
+            session.execute(
+                update(t)
+                .where(t.c.id.in_([r["id"] for r in rows]), t.c.removed.is_(False))
+                .values(removed=True, last_run_id=s.run_id, updated_at=now)
+            )
+            session.execute(
+                update(Run)
+                .where(Run.id == s.run_id)
+                .values(
+                    removed=Run.removed + len(rows),
+                    delivered=Run.delivered + delivered,
+                    heartbeat_at=now,
+                )
+            )
+            audit.record(
+                session,
+                site=self.site,
+                actor=self.actor,
+                action="sync.remove",
+                dataset=self.job.dataset,
+                subject_keys=[r["subject_key"] for r in rows],
+                detail={
+                    "job": self.job.name,
+                    "run": s.run_id,
+                    "source": self.job.source,
+                    "removed": len(rows),
+                },
+            )
+            self._audit_deliveries(session)
+        s.removed += len(rows)
+        s.delivered += delivered
+        if self.progress:
+            self.progress.advance(s)
+
+    # ---- the end -----------------------------------------------------------------------------
+
+    def _finish(self, status: str) -> None:
+        s = self.summary
+        s.status = status
+        s.duration_s = time.monotonic() - self._started
+        if status == "failed" and self.lease is not None and self.lease.lost.is_set():
+            s.error = "lost the job's lease (the store was unreachable for longer than its expiry)"
+        elif status == "interrupted":
+            s.error = f"stopped after batch {self.batch_no}; the next run resumes there"
+        if self.dry_run:
+            if self.progress:
+                self.progress.finish(s)
+            return
+        now = utcnow()
+        with self.site.begin() as session:
+            if status == "succeeded" and self.snapshot:
+                snapshot_runs = select(Run.id).where(Run.snapshot_id == s.snapshot_id)
+                session.execute(
+                    delete(SnapshotSeen).where(SnapshotSeen.snapshot_id == s.snapshot_id)
+                )
+                session.execute(
+                    update(QuarantineRow)
+                    .where(
+                        QuarantineRow.job == self.job.name,
+                        QuarantineRow.status == "open",
+                        QuarantineRow.run_id.not_in(snapshot_runs),
+                    )
+                    .values(status="superseded", updated_at=now)
+                )
+                state = session.get(JobCursor, self.job.name)
+                state.cursor, state.snapshot_id, state.batch_no, state.reading_done = (
+                    None,
+                    None,
+                    0,
+                    False,
+                )
+                state.updated_at = now
+            self._record_end(session, now)
+        self._after_end()
+
+    def _fail(self, cause: str) -> None:
+        s = self.summary
+        s.status = "failed"
+        s.error = cause
+        s.duration_s = time.monotonic() - self._started
+        if self.dry_run or s.run_id is None:
+            if self.progress:
+                self.progress.finish(s)
+            return
+        try:
+            with self.site.begin() as session:
+                self._record_end(session, utcnow())
+        except SQLAlchemyError as exc:  # the store itself is down: the next run cleans up
+            log.error(
+                "job %s: could not record the failed run: %s", self.job.name, _first_line(exc)
+            )
+            if self.progress:
+                self.progress.finish(s)
+            return
+        self._after_end()
+
+    def _record_end(self, session: Session, now: dt.datetime) -> None:
+        s = self.summary
+        session.execute(
+            update(Run)
+            .where(Run.id == s.run_id)
+            .values(status=s.status, finished_at=now, duration_s=s.duration_s, error=s.error)
+        )
+        audit.record(
+            session,
+            site=self.site,
+            actor=self.actor,
+            action="sync.run",
+            outcome="failed" if s.status == "failed" else "ok",
+            dataset=self.job.dataset,
+            detail={
+                "job": self.job.name,
+                "run": s.run_id,
+                "status": s.status,
+                "source": self.job.source,
+                "mapping": s.mapping_name,
+                "mapping_version": s.mapping_version,
+                **s.counts(),
+                **({"error": _no_long_numbers(s.error)} if s.error else {}),
+            },
+        )
+
+    def _after_end(self) -> None:
+        from .plugins import emit_run_finished
+
+        s = self.summary
+        finished = utcnow()
+        emit_run_finished(
+            self.site.plugins,
+            {
+                "job": s.job,
+                "kind": s.kind,
+                "run_id": s.run_id,
+                "status": s.status,
+                "counts": s.counts(),
+                "mapping_version": s.mapping_version,
+                "started_at": finished - dt.timedelta(seconds=s.duration_s),
+                "finished_at": finished,
+                "error": s.error,
+            },
+        )
+        try:
+            audit.checkpoint(self.site)
+        except GatewayError as exc:
+            log.warning("job %s: audit checkpoint not written: %s", s.job, exc)
+        if self.progress:
+            self.progress.finish(s)
+
+
+def run_job(
+    site: Site,
+    job_name: str,
+    *,
+    dry_run: bool = False,
+    full: bool = False,
+    progress: Progress | None = None,
+    stop: threading.Event | None = None,
+    lease: HeldLease | None = None,
+) -> RunSummary:
+    """Run one job now; returns its summary. ``stop`` (set it, e.g. on SIGTERM) ends the run
+    after the current batch, recorded as ``interrupted`` and resumable. ``lease``: the job's lease
+    when the caller (the scheduler) already holds it; otherwise it is taken here, and JobBusy is
+    raised if another process runs the job. A run that fails is recorded and raises SyncFailed."""
+    job = resolve_job(site, job_name, with_targets=not dry_run)
+    connector = _source_connector(site, job)
+    try:
+        if dry_run:
+            return JobRunner(site, job, dry_run=True, full=full, progress=progress, stop=stop).run(
+                connector
+            )
+        held = lease or HeldLease(site, job_name)
+        with held if lease is None else contextlib.nullcontext(held):
+            return JobRunner(site, job, full=full, progress=progress, stop=stop, lease=held).run(
+                connector
+            )
+    finally:
+        _close(connector, *(t.connector for t in job.targets))
+
+
+def _source_connector(site: Site, job: ResolvedJob) -> Connector:
+    from .plugins import make_connector
+
+    return make_connector(site, job.source)
+
+
+def _close(*connectors: Connector) -> None:
+    for c in connectors:
+        try:
+            c.close()
+        except (GatewayError, OSError, SQLAlchemyError) as exc:
+            log.warning("closing connector %s: %s", c.name, exc)
+
+
+def recent_runs(site: Site, job: str | None = None, limit: int = 20) -> list[Run]:
+    """The run history, newest first."""
+    stmt = select(Run).order_by(Run.id.desc()).limit(limit)
+    if job:
+        stmt = stmt.where(Run.job == job)
+    with site.begin() as session:
+        return list(session.execute(stmt).scalars().all())
+
+
+__all__ = [
+    "HeldLease",
+    "JobBusy",
+    "JobRunner",
+    "Progress",
+    "ResolvedJob",
+    "RunSummary",
+    "SourceError",
+    "SyncFailed",
+    "load_job_mapping",
+    "recent_runs",
+    "resolve_job",
+    "run_job",
+]
+
+
+def summary_from_run(run: Run) -> RunSummary:
+    """A stored run as a RunSummary (the scheduler's history, the API)."""
+    return RunSummary(
+        job=run.job,
+        mode=run.mode or "",
+        run_id=run.id,
+        kind=run.kind,
+        status=run.status,
+        read=run.read,
+        inserted=run.inserted,
+        updated=run.updated,
+        unchanged=run.unchanged,
+        quarantined=run.quarantined,
+        removed=run.removed,
+        delivered=run.delivered,
+        batches=run.batches,
+        duration_s=run.duration_s or 0.0,
+        mapping_name=run.mapping_name,
+        mapping_version=run.mapping_version,
+        snapshot_id=run.snapshot_id,
+        error=run.error,
+    )

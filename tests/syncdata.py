@@ -1,0 +1,303 @@
+"""Builders for the sync engine's tests: valid ID numbers, native rows of a household-registry-like
+source, the source and target databases, and the site configuration of a job.
+
+The source is a real SQL table read through the real sql connector; the target is another real
+table written through the same connector, so deliveries are real upserts.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+import sys
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+
+from gateway import ids
+from gateway.hookspecs import hookimpl
+
+SOURCE_COLUMNS = ("pid", "sfzh", "xm", "xb", "csrq", "xzqh", "cun", "zz", "gxsj")
+MAPPING_SPEC = "test_registry/residents"
+OUT_SPEC_NAME = "residents.out"
+
+# Inbound: the test source's pinyin columns -> canonical residents.
+MAPPING_TOML = """\
+[mapping]
+name = "test_registry/residents"
+dataset = "residents"
+direction = "inbound"
+version = "1"
+system = "test_registry"
+
+[fields.id_number]
+from = "sfzh"
+transforms = ["id_number"]
+required = true
+sensitivity = "national_id"
+
+[fields.name]
+from = "xm"
+transforms = ["strip"]
+required = true
+sensitivity = "personal"
+
+[fields.sex]
+from = "xb"
+
+[fields.birth_date]
+from = "csrq"
+transforms = ["date"]
+
+[fields.area_code]
+from = "xzqh"
+transforms = ["area"]
+
+[fields.village]
+from = "cun"
+
+[fields.address]
+from = "zz"
+sensitivity = "personal"
+"""
+
+
+OUTBOUND_TOML = """\
+[mapping]
+name = "mirror/residents.out"
+system = "mirror"
+dataset = "residents"
+direction = "outbound"
+version = "1"
+key = ["sfzh"]
+
+[fields.sfzh]
+from = "id_number"
+required = true
+
+[fields.xm]
+from = "name"
+
+[fields.area]
+from = "area_code"
+
+[fields.zz]
+from = "address"
+"""
+
+
+def make_id(i: int, *, area: str = "522601", year: int | None = None) -> str:
+    """A valid, deterministic 18-character resident ID number for person ``i``."""
+    rnd = random.Random(i)
+    year = year or rnd.randint(2008, 2019)
+    birth = dt.date(year, 1, 1) + dt.timedelta(days=rnd.randint(0, 364))
+    first17 = f"{area}{birth:%Y%m%d}{i % 1000:03d}"
+    return first17 + ids.check_char(first17)
+
+
+def native_row(i: int, *, version: int = 0) -> dict[str, Any]:
+    """Person ``i`` as the source holds it; ``version`` changes the address (an update)."""
+    number = make_id(i)
+    return {
+        "pid": i,
+        "sfzh": number,
+        "xm": f"测试{i:06d}",
+        "xb": "1" if int(number[16]) % 2 else "2",
+        "csrq": f"{number[6:10]}-{number[10:12]}-{number[12:14]}",
+        "xzqh": f"522601{100 + i % 7:03d}000",
+        "cun": f"第{i % 13}村",
+        "zz": f"凯里市某路{i}号" + (f" 之{version}" if version else ""),
+        "gxsj": dt.datetime(2026, 1, 1) + dt.timedelta(seconds=i + version * 1_000_000),
+    }
+
+
+def people(
+    n: int, *, start: int = 0, versions: dict[int, int] | None = None
+) -> list[dict[str, Any]]:
+    versions = versions or {}
+    return [native_row(i, version=versions.get(i, 0)) for i in range(start, start + n)]
+
+
+def source_table(metadata: sa.MetaData | None = None) -> sa.Table:
+    return sa.Table(
+        "people",
+        metadata or sa.MetaData(),
+        sa.Column("pid", sa.Integer, primary_key=True, autoincrement=False),
+        sa.Column("sfzh", sa.String(40)),
+        sa.Column("xm", sa.String(100)),
+        sa.Column("xb", sa.String(2)),
+        sa.Column("csrq", sa.String(12)),
+        sa.Column("xzqh", sa.String(12)),
+        sa.Column("cun", sa.String(100)),
+        sa.Column("zz", sa.String(400)),
+        sa.Column("gxsj", sa.DateTime),
+    )
+
+
+def target_table(metadata: sa.MetaData | None = None) -> sa.Table:
+    """The target department's table: keyed by its own natural key, the ID number."""
+    return sa.Table(
+        "mirror_people",
+        metadata or sa.MetaData(),
+        sa.Column("sfzh", sa.String(40), primary_key=True),
+        sa.Column("xm", sa.String(100)),
+        sa.Column("area", sa.String(12)),
+        sa.Column("zz", sa.String(400)),
+        sa.Column("removed", sa.Integer),
+    )
+
+
+def write_source(url: str, rows: Iterable[dict[str, Any]], *, replace: bool = True) -> None:
+    """(Re)fill the source table ``people`` at ``url`` with ``rows``."""
+    engine = sa.create_engine(url)
+    try:
+        table = source_table()
+        if replace:
+            table.drop(engine, checkfirst=True)
+        table.create(engine, checkfirst=True)
+        rows = list(rows)
+        with engine.begin() as conn:
+            for i in range(0, len(rows), 5000):
+                conn.execute(table.insert(), rows[i : i + 5000])
+    finally:
+        engine.dispose()
+
+
+def create_target(url: str) -> None:
+    engine = sa.create_engine(url)
+    try:
+        target_table().create(engine, checkfirst=True)
+    finally:
+        engine.dispose()
+
+
+def read_table(url: str, name: str, order_by: str) -> list[dict[str, Any]]:
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            return [
+                dict(r._mapping)
+                for r in conn.execute(sa.text(f"SELECT * FROM {name} ORDER BY {order_by}"))
+            ]
+    finally:
+        engine.dispose()
+
+
+def job_config(
+    source_url: str,
+    *,
+    target_url: str | None = None,
+    mode: str = "snapshot",
+    batch_size: int = 100,
+    retries: int = 0,
+    schedule: str | None = None,
+    job: str = "residents",
+) -> dict[str, Any]:
+    """The [systems] and [jobs] tables of a site syncing ``people`` into ``residents``."""
+    systems: dict[str, Any] = {
+        "registry": {
+            "plugin": "test_registry",
+            "connector": "sql",
+            "url": source_url,
+            "table": "people",
+            "mapping": MAPPING_SPEC,
+        }
+    }
+    if mode == "incremental":
+        systems["registry"]["cursor"] = ["gxsj", "pid"]
+    else:
+        systems["registry"]["key"] = ["pid"]
+    jobs: dict[str, Any] = {
+        "source": "registry",
+        "dataset": "residents",
+        "mode": mode,
+        "batch_size": batch_size,
+        "retries": retries,
+        "targets": [],
+    }
+    if schedule:
+        jobs["schedule"] = schedule
+    if target_url:
+        systems["mirror"] = {
+            "plugin": "mirror",
+            "connector": "sql",
+            "url": target_url,
+            "table": "mirror_people",
+        }
+        jobs["targets"] = ["mirror"]
+    return {"systems": systems, "jobs": {job: jobs}}
+
+
+def known_secrets(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """Values that must never appear in the clear in the store or any output."""
+    return [r["sfzh"] for r in rows] + [r["xm"] for r in rows[:50]]
+
+
+def dump_store_text(url: str) -> str:
+    """Every text value in every table of the store, one blob to search for secrets in."""
+    engine = sa.create_engine(url)
+    out: list[str] = []
+    try:
+        meta = sa.MetaData()
+        meta.reflect(engine)
+        with engine.connect() as conn:
+            for table in meta.sorted_tables:
+                for row in conn.execute(table.select()):
+                    out.extend(str(v) for v in row if v is not None)
+    finally:
+        engine.dispose()
+    return "\n".join(out)
+
+
+# -- transforms: the built-in plugin that registers them has not landed yet ---------------------------
+
+
+class _BuiltinTransforms:
+    """Stand-in for the ``transforms`` entry point until it is registered (removed when it is)."""
+
+    @hookimpl
+    def register_transforms(self) -> Any:
+        from gateway.transforms import BUILTIN_TRANSFORMS
+
+        return BUILTIN_TRANSFORMS
+
+
+def install_standins() -> None:
+    """Make the built-in transforms available to every plugin manager, if no plugin offers them."""
+    from gateway import plugins
+
+    if getattr(plugins.get_plugin_manager, "_with_transforms", False):
+        return
+    original = plugins.get_plugin_manager
+
+    def get_plugin_manager(blocked: Any = ()) -> Any:
+        pm = original(blocked)
+        if "id_number" not in plugins.transforms(pm):
+            pm.register(_BuiltinTransforms(), name="test_builtin_transforms")
+        return pm
+
+    get_plugin_manager._with_transforms = True  # type: ignore[attr-defined]
+    plugins.get_plugin_manager = get_plugin_manager  # type: ignore[assignment]
+
+
+def write_mappings(site_dir: Path) -> None:
+    """The job's inbound mapping and the target's outbound mapping, as the site's own copies."""
+    folder = site_dir / "mappings"
+    (folder / "test_registry").mkdir(parents=True, exist_ok=True)
+    (folder / "mirror").mkdir(parents=True, exist_ok=True)
+    (folder / "test_registry" / "residents.toml").write_text(MAPPING_TOML, encoding="utf-8")
+    (folder / "mirror" / "residents.out.toml").write_text(OUTBOUND_TOML, encoding="utf-8")
+
+
+def main(argv: list[str]) -> None:
+    """``python -m tests.syncdata ARGS``: the ``gateway`` command (for subprocess tests)."""
+    install_standins()
+    from gateway.cli import main as gateway_main
+
+    gateway_main(argv)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
