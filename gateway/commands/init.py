@@ -36,7 +36,7 @@ def write_site(folder: Path, *, suite: str, site_name: str) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     template = files("gateway").joinpath("data/site.toml").read_text(encoding="utf-8")
     config_path.write_text(template.format(suite=suite, site_name=site_name), encoding="utf-8")
-    Keyring.create(keyring_path)
+    Keyring.create(keyring_path, suite=suite)
     written = [config_path, keyring_path]
     for relative, source in sorted(shipped_mappings().items()):
         target = folder / "mappings" / relative
