@@ -1,0 +1,116 @@
+"""Prometheus ``/metrics``: request counts and latency, plus figures read from the store.
+
+Request metrics are per process (prometheus-client's registry); the store-derived gauges (rows
+synced, quarantine size, audit chain length) are the same whichever worker answers.
+"""
+
+from __future__ import annotations
+
+import time
+
+from flask import Flask, Response, g, request
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+from sqlalchemy import func, select
+from sqlalchemy.exc import SQLAlchemyError
+
+from .context import current_site
+
+
+class StoreCollector(Collector):
+    """Gauges computed from the store at scrape time."""
+
+    def __init__(self, app: Flask):
+        self.app = app
+
+    def collect(self):
+        from ..store import records
+
+        with self.app.app_context():
+            site = current_site()
+            rows = GaugeMetricFamily(
+                "gateway_records", "Records in the store by dataset", labels=["dataset"]
+            )
+            extra = []
+            try:
+                with site.engine.connect() as conn:
+                    for name, model in records.DATASET_MODELS.items():
+                        count = conn.scalar(
+                            select(func.count()).select_from(model).where(model.removed.is_(False))
+                        )
+                        rows.add_metric([name], count or 0)
+                    for name, help_text, query in _extra_queries():
+                        value = conn.scalar(query)
+                        extra.append(GaugeMetricFamily(name, help_text, value=value or 0))
+            except SQLAlchemyError:
+                return
+            yield rows
+            yield from extra
+
+
+def _extra_queries():
+    """(metric, help, query) for tables other modules own; each appears once its module has it."""
+    from ..store import audit_log, jobs
+
+    queries = []
+    if hasattr(jobs, "QuarantineRow"):
+        q = jobs.QuarantineRow
+        queries.append(
+            (
+                "gateway_quarantine_rows",
+                "Unresolved quarantined rows",
+                select(func.count()).select_from(q).where(q.resolved_at.is_(None)),
+            )
+        )
+    if hasattr(jobs, "Run"):
+        queries.append(
+            (
+                "gateway_rows_synced_total",
+                "Rows read by sync runs",
+                select(func.coalesce(func.sum(jobs.Run.rows_read), 0)),
+            )
+        )
+    if hasattr(audit_log, "AuditEntry"):
+        queries.append(
+            (
+                "gateway_audit_chain_length",
+                "Entries in the audit chain",
+                select(func.max(audit_log.AuditEntry.seq)),
+            )
+        )
+    return queries
+
+
+def init_app(app: Flask) -> None:
+    registry = CollectorRegistry()
+    requests_total = Counter(
+        "gateway_http_requests",
+        "HTTP requests",
+        ["method", "endpoint", "status"],
+        registry=registry,
+    )
+    latency = Histogram(
+        "gateway_http_request_seconds",
+        "Request latency",
+        ["endpoint"],
+        registry=registry,
+        buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+    )
+    registry.register(StoreCollector(app))
+
+    @app.before_request
+    def _start() -> None:
+        g._started = time.perf_counter()
+
+    @app.after_request
+    def _count(response: Response) -> Response:
+        endpoint = request.url_rule.rule if request.url_rule else "unmatched"
+        requests_total.labels(request.method, endpoint, str(response.status_code)).inc()
+        if hasattr(g, "_started"):
+            latency.labels(endpoint).observe(time.perf_counter() - g._started)
+        return response
+
+    @app.get("/metrics")
+    def metrics() -> Response:
+        return Response(generate_latest(registry), mimetype="text/plain; version=0.0.4")
