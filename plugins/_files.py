@@ -20,7 +20,7 @@ from typing import Any
 from gateway.connectors import Batch, ConnectorContext, Row
 from gateway.errors import ConfigError, SourceError
 
-CHUNK = 1 << 20
+CHUNK = 1 << 18  # bytes per read when hashing and checking a file's encoding
 _MAGIC = set("*?[")
 
 # Where a file reader is inside one file, after the item it just produced (JSON-serialisable).

@@ -168,13 +168,13 @@ class CsvConnector(Connector):
                     line = last_line + 1
                     last_line = reader.line_num
                     consumed += 1
-                    if len(fields) == width:
+                    if len(fields) == width and any(fields):
                         yield (
                             Row(f"{name}:{line}", dict(zip(header, fields, strict=True))),
                             {"row": consumed},
                         )
                     elif not "".join(fields).strip():
-                        yield None, {"row": consumed}  # a blank line carries no data
+                        yield None, {"row": consumed}  # a blank line (or only delimiters): no data
                     else:
                         yield self._misshapen(f"{name}:{line}", header, fields), {"row": consumed}
             except csv.Error as exc:
