@@ -6,6 +6,13 @@ import click
 
 
 def BUILTIN() -> list[click.Command]:  # noqa: N802 - reads as a constant at the call site
-    from . import db, ids, init, keys, plugins_cmd
+    from . import db, ids, init, keys, mappings, plugins_cmd
 
-    return [ids.id_group, keys.keys_group, db.db_group, init.init_command, plugins_cmd.plugins_command]
+    return [
+        ids.id_group,
+        keys.keys_group,
+        db.db_group,
+        init.init_command,
+        plugins_cmd.plugins_command,
+        mappings.mappings_group,
+    ]
