@@ -148,6 +148,13 @@ def read_files(
 def atomic_replace(path: Path, context: ConnectorContext, write: Callable[[Path], None]) -> None:
     """Write a new version of ``path`` next to it, flush it to disk, then swap it in: a reader
     sees the old file or the new one, never half of one. The old file's permissions are kept."""
+    base = Path(context.base_dir).resolve()
+    if not path.parent.is_dir():
+        raise SourceError(
+            context.system,
+            display(path, base),
+            f"cannot write: no such folder {display(path.parent, base)}",
+        )
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
         write(tmp)
