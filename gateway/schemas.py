@@ -242,7 +242,9 @@ def describe_datasets() -> dict[str, list[dict[str, Any]]]:
 
 # --- masking values that might be ID numbers before they go into a message ------------------------
 
-_ID_LIKE = re.compile(r"[0-9０-９]{6}[0-9０-９]{8,9}[0-9０-９XxＸｘ]?")
+# 15 to 18 characters, digits (ASCII or full-width) and a final check character: legacy and
+# current resident ID numbers, and the ID part of anything longer (a certificate number).
+_ID_LIKE = re.compile(r"[0-9０-９]{14,17}[0-9０-９XxＸｘ]")
 
 
 def _mask_match(m: re.Match[str]) -> str:
