@@ -6,7 +6,8 @@ import click
 
 
 def BUILTIN() -> list[click.Command]:  # noqa: N802 - reads as a constant at the call site
-    from . import db, ids, init, keys, mappings, plugins_cmd
+    from . import audit, db, ids, init, keys, mappings, plugins_cmd
+    from . import sync as sync_cmd
 
     return [
         ids.id_group,
@@ -14,5 +15,7 @@ def BUILTIN() -> list[click.Command]:  # noqa: N802 - reads as a constant at the
         db.db_group,
         init.init_command,
         plugins_cmd.plugins_command,
+        audit.audit_group,
+        sync_cmd.sync_command,
         mappings.mappings_group,
     ]
