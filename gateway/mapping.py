@@ -692,6 +692,8 @@ class Mapper:
     title: str = ""
     _steps: tuple[RowStep, ...] = field(default=(), repr=False)
     _template: dict[str, Any] = field(default_factory=dict, repr=False)
+    # derived field -> the field it is computed from (from_field)
+    _derived: dict[str, str] = field(default_factory=dict, repr=False)
 
     direction = "inbound"
 
@@ -712,11 +714,24 @@ class Mapper:
         """``map_row`` then ``validate_record``, each field reported once."""
         rec, errors = self.map_row(native)
         more = validate_record(
-            self.dataset, rec, skip={e.field for e in errors} if errors else frozenset()
+            self.dataset, rec, skip=self.failed_fields(errors) if errors else frozenset()
         )
         if more:
             errors.extend(more)
         return rec, errors
+
+    def failed_fields(self, errors: Iterable[FieldError]) -> set[str]:
+        """Fields with an error, plus those derived from them (empty because their source failed):
+        what ``validate_record`` should skip after a mapping error."""
+        failed = {e.field for e in errors}
+        grew = True
+        while grew:
+            grew = False
+            for derived, source in self._derived.items():
+                if source in failed and derived not in failed:
+                    failed.add(derived)
+                    grew = True
+        return failed
 
     def missing_columns(self, columns: Iterable[str]) -> list[str]:
         """Required columns absent from a source's header, as readable names (``a`` or ``a | b``)."""
@@ -907,6 +922,7 @@ def _compile_inbound(
     id_type = header.get("id_type", "1")
     steps: list[tuple[str, RowStep]] = []
     seen: list[str] = []
+    derived: dict[str, str] = {}
     sensitivity: dict[str, str] = {}
     columns: list[str] = []
     required_groups: list[tuple[str, ...]] = []
@@ -938,6 +954,8 @@ def _compile_inbound(
             problems.add(
                 where + ("from_field",), f"{from_field!r} is not a field mapped above this one"
             )
+        elif from_field is not None:
+            derived[name] = from_field
         elif not sources and from_field is None and not run_on_none and "default" not in spec:
             problems.add(where, "no source: give from, from_field, a const transform or a default")
         given = spec.get("sensitivity")
@@ -1026,6 +1044,7 @@ def _compile_inbound(
         id_type=id_type,
         _steps=tuple(step for _, step in steps),
         _template=template,
+        _derived=derived,
     )
 
 

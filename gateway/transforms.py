@@ -481,8 +481,8 @@ _CERT_PARTS = ("cert", "id", "category", "grade")
 _CERT_LIMITS = {"category": 7, "grade": 4}
 
 
-def parse_disability_cert(value: Any) -> tuple[str, int, int]:
-    """A 残疾人证号 -> (normalised 18-character ID, category 1-7, grade 1-4).
+def parse_disability_cert(value: Any) -> tuple[str, int, int, bool]:
+    """A 残疾人证号 -> (normalised 18-character ID, category 1-7, grade 1-4, ID converted from 15).
 
     20 characters = 18-character ID + category digit + grade digit (17 for a legacy 15-digit ID).
     """
@@ -510,7 +510,7 @@ def parse_disability_cert(value: Any) -> tuple[str, int, int]:
         )
     if not ("1" <= grade <= "4"):
         raise TransformError("bad_cert_grade", f"残疾人证号 grade digit {grade!r} is not 1-4")
-    return result.value or id_part, int(category), int(grade)
+    return result.value or id_part, int(category), int(grade), result.converted
 
 
 def _disability_cert(part: str = "cert", check: str | None = None, table: Any = None) -> Fn:
@@ -523,8 +523,10 @@ def _disability_cert(part: str = "cert", check: str | None = None, table: Any = 
     lookup = _table_arg(table).get if table is not None else None
 
     def disability_cert(value: Any, native: Mapping[str, Any], record: dict[str, Any]) -> Any:
-        id18, category, grade = parse_disability_cert(value)
+        id18, category, grade, converted = parse_disability_cert(value)
         if part == "cert":
+            if converted:
+                record["converted"] = True
             return f"{id18}{category}{grade}"
         if part == "id":
             return id18
