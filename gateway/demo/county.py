@@ -179,12 +179,26 @@ _CHINESE_ORDINALS = "一二三四五六七八九十"
 
 
 def _ordinal(n: int) -> str:
+    """1 -> 一, 12 -> 十二, 40 -> 四十, 105 -> 一百零五, 113 -> 一百一十三 (Arabic from 1000 on)."""
+    digits = _CHINESE_ORDINALS
+    if n < 1:
+        raise ValueError(n)
     if n <= 10:
-        return _CHINESE_ORDINALS[n - 1]
+        return digits[n - 1]
     if n < 20:
-        return "十" + _CHINESE_ORDINALS[n - 11]
-    tens, units = divmod(n, 10)
-    return _CHINESE_ORDINALS[tens - 1] + "十" + (_CHINESE_ORDINALS[units - 1] if units else "")
+        return "十" + digits[n - 11]
+    if n < 100:
+        tens, units = divmod(n, 10)
+        return digits[tens - 1] + "十" + (digits[units - 1] if units else "")
+    if n < 1000:
+        hundreds, rest = divmod(n, 100)
+        text = digits[hundreds - 1] + "百"
+        if rest == 0:
+            return text
+        if rest < 10:
+            return text + "零" + digits[rest - 1]
+        return text + ("一" if rest < 20 else "") + _ordinal(rest)
+    return str(n)
 
 
 def build_schools(students: int, rng: random.Random) -> SchoolDirectory:

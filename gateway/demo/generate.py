@@ -182,7 +182,6 @@ MESS_PLAN: dict[str, dict[str, tuple[int, int]]] = {
         "duplicate": (3, 1000),
     },
     "poverty": {
-        "numeric_15": (1, 5000),
         "lower_x": (1, 3000),
         "spaces": (1, 3000),
         "duplicate": (1, 2000),
@@ -307,14 +306,10 @@ def _render_id(kind: str | None, id18: str) -> Any:
         return id18[:17]
     if kind == "fifteen":
         return id18[:6] + id18[8:17]
-    if kind == "numeric_15":
-        return int(id18[:6] + id18[8:17])
     raise ValueError(kind)
 
 
 def _eligible(kind: str, id18: str, victim_ok: bool, legacy15: bool) -> bool:
-    if kind == "numeric_15":
-        return legacy15
     if legacy15:  # a legacy number is already the row's mess
         return False
     if kind == "lower_x":
@@ -347,6 +342,15 @@ class FileCounts:
     messy_valid: dict[str, int] = field(default_factory=dict)  # messy-but-valid form -> rows
     distinct_subjects: int = 0  # persons with at least one valid row
     parts: list[str] = field(default_factory=list)  # files, when an export is split
+
+    def quarantined(self) -> dict[str, int]:
+        """What a sync run of this file must quarantine, by reason: the invalid rows plus the
+        duplicates (the sync engine keeps the first row of a record key, quarantines later ones
+        with reason ``duplicate``)."""
+        out = dict(self.invalid)
+        if self.duplicates:
+            out["duplicate"] = self.duplicates
+        return dict(sorted(out.items()))
 
 
 @dataclass
@@ -504,6 +508,7 @@ class GroundTruth:
                     "rows_valid": v.rows_valid,
                     "duplicates": v.duplicates,
                     "invalid": dict(v.invalid),
+                    "quarantined": v.quarantined(),
                 }
                 for k, v in self.files.items()
             },
