@@ -11,7 +11,7 @@ legacy 15-digit number) into a normalised 18-character number, or says precisely
 * ``bad_check_digit``  the check character does not match the first 17 digits
 * ``excel_damaged``    the number went through Excel's 15-significant-digit floats (scientific
                        notation, ``.0``, trailing zeros): the last digits are gone and are never guessed
-* ``bad_type``         the document type is not one of 1 6 7 8 9 A Z
+* ``bad_type``         the document type is not one of 1 6 7 8 9 A Z (``id_type`` is then "?")
 
 Messages never carry the number: at most a position, a count or the province part, which the
 mask (first 6, last 4) shows anyway.
@@ -95,7 +95,6 @@ _DIGITS_AND_X = dict.fromkeys(map(ord, "0123456789X"))  # a deletion table
 _EARLIEST_BIRTH = "19000101"  # older than that is a typo, not a person
 _OTHER_MIN_LEN, _OTHER_MAX_LEN = 4, 32
 _EXCEL_DIGITS = 15  # Excel keeps 15 significant digits of a number
-_EXACT_FLOAT_LIMIT = 2**53  # every integer below this survives a float unchanged
 
 # Characters that carry no content but survive NFKC: BOM, zero-width and direction marks, soft hyphen.
 _INVISIBLE = dict.fromkeys(
@@ -226,7 +225,8 @@ def normalise_text(raw: object) -> str:
     elif isinstance(raw, bool):
         return str(raw).upper()
     elif isinstance(raw, int):
-        return str(raw)
+        # Python refuses str() of ints over 4300 digits; "?" is rejected by every validator.
+        return "?" if raw.bit_length() > 14000 else str(raw)
     elif isinstance(raw, float):
         if math.isnan(raw):
             return ""  # pandas reads a blank cell as NaN
@@ -234,7 +234,7 @@ def normalise_text(raw: object) -> str:
             return f"{int(raw)}.0"
         return repr(raw).upper()
     elif isinstance(raw, Decimal):
-        if raw.is_finite() and raw == raw.to_integral_value():
+        if raw.is_finite() and raw == raw.to_integral_value() and raw.adjusted() < 40:
             return str(int(raw))
         return str(raw).upper()
     elif isinstance(raw, bytes | bytearray):
@@ -294,18 +294,20 @@ def _date_exists(yyyymmdd: str) -> bool:
 
 
 # date.today() costs more than the rest of the fast path: keep today's YYYYMMDD until local midnight.
-_today_cache: list = [0.0, ""]  # [valid until (epoch seconds), "YYYYMMDD"]
+_today_until = 0.0  # epoch seconds of the next local midnight
+_today_digits = ""
 _given_today: dict[date, str] = {}
 
 
 def _today_key(today: date | None) -> str:
+    global _today_until, _today_digits
     if today is None:
-        if time.time() < _today_cache[0]:
-            return _today_cache[1]
+        if time.time() < _today_until:
+            return _today_digits
         current = date.today()
         midnight = datetime.combine(current + timedelta(days=1), datetime.min.time())
-        _today_cache[:] = [midnight.timestamp(), f"{current:%Y%m%d}"]
-        return _today_cache[1]
+        _today_until, _today_digits = midnight.timestamp(), f"{current:%Y%m%d}"
+        return _today_digits
     key = _given_today.get(today)
     if key is None:
         key = f"{today:%Y%m%d}"
@@ -469,19 +471,24 @@ def _check_text(text: str, today_key: str) -> IdResult:
     return _charset_problem(text)
 
 
+def _far_too_long(raw: int | Decimal) -> bool:
+    """More than 19 digits: no document number, and spares converting a giant number to text."""
+    if isinstance(raw, int):
+        return raw.bit_length() > 64
+    return raw.is_finite() and raw.adjusted() > 19
+
+
 def _check_number(raw: int | float | Decimal, today_key: str) -> IdResult:
     """An Excel or database cell that holds a number instead of text."""
     if isinstance(raw, bool):
         return _bad("bad_charset", "is a true/false value, not an ID number")
+    if not isinstance(raw, float) and _far_too_long(raw):
+        return _bad("bad_length", "is a number far longer than an ID number")
     if isinstance(raw, int):
-        if raw.bit_length() > 64:  # far beyond 18 digits; spares str() of a giant int
-            return _bad("bad_length", "is a number far longer than an ID number")
         number, exact = raw, True
     else:
         if not (raw.is_finite() if isinstance(raw, Decimal) else math.isfinite(raw)):
             return _bad("bad_charset", "is not a number")
-        if isinstance(raw, Decimal) and raw.adjusted() > 19:
-            return _bad("bad_length", "is a number far longer than an ID number")
         number = int(raw)
         if number != raw:
             return _bad("bad_charset", "is a number with a fractional part, not an ID number")
@@ -503,6 +510,8 @@ def _check_other(raw: object, id_type: str) -> IdResult:
     """A document that is not a resident ID card: cleaned and carried, not checked as GB 11643."""
     if isinstance(raw, bool):
         return _bad("bad_charset", "is a true/false value, not a document number", id_type)
+    if isinstance(raw, int | Decimal) and _far_too_long(raw):
+        return _bad("bad_length", "is a number far longer than a document number", id_type)
     text = normalise_text(raw)  # a float cell keeps its ".0" here, handled below
     if _SCIENTIFIC_SIGNED.fullmatch(text):
         return _scientific_problem(text, "", id_type)
