@@ -34,7 +34,12 @@ def register_connectors() -> Sequence[type[Connector]]:
 
 @hookspec
 def register_systems() -> Sequence[SystemSpec]:
-    """Return the department systems this plugin knows: datasets, code tables, default mappings."""
+    """Return the department systems this plugin knows (``gateway.systems.SystemSpec``): their
+    datasets with default mapping files, and their code tables.
+
+    A system's ``name`` is what ``plugin = "..."`` in a ``[systems.*]`` table refers to. Two
+    plugins registering the same name is a configuration error.
+    """
 
 
 @hookspec
@@ -42,21 +47,32 @@ def register_transforms() -> Mapping[str, Callable[..., Any]]:
     """Return mapping transforms by name, usable in mapping files as ``transforms = ["name"]``.
 
     A transform is called as ``fn(value, **params)`` and returns the new value, or raises
-    ``gateway.mapping.TransformError(code, message)`` to reject the field.
+    ``gateway.mapping.TransformError(code, message)`` to reject the field. Two plugins
+    registering the same name is a configuration error.
     """
 
 
 @hookspec
 def register_commands(cli: click.Group) -> None:
-    """Add click commands or groups to the ``gateway`` command line."""
+    """Add click commands or groups to ``cli``, the ``gateway`` command line.
+
+    A command whose name is already taken is refused (a configuration error naming the plugin).
+    """
 
 
 @hookspec
 def on_run_finished(run: Mapping[str, Any]) -> None:
-    """Called after a sync or match run is recorded: ``run`` has ``job``, ``kind``, ``status``,
-    ``counts``, ``mapping_version``, ``started_at``, ``finished_at`` and ``error``. No IDs."""
+    """Called after a sync or match run is recorded: ``run`` (read-only) has ``job``, ``kind``,
+    ``status``, ``counts``, ``mapping_version``, ``started_at``, ``finished_at`` and ``error``.
+    It never holds an ID number. Emitted through ``gateway.plugins.emit_run_finished``: an
+    observer that raises is logged and neither stops the others nor fails the run.
+    """
 
 
 @hookspec
 def on_record_delivered(target: str, dataset: str, subject_keys: Sequence[str]) -> None:
-    """Called after records were written to a target (a department's system or a peer gateway)."""
+    """Called after records were written to ``target`` (the name of a department's system or a
+    peer gateway): ``dataset`` is the canonical dataset, ``subject_keys`` the blind indexes of
+    the records delivered (never ID numbers). Emitted through
+    ``gateway.plugins.emit_record_delivered``, with the same isolation as ``on_run_finished``.
+    """

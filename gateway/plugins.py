@@ -159,9 +159,10 @@ def _named(
             continue
         for name, thing in items(plugin, result):
             if name in found:
+                first, second = sorted((found[name][0], plugin))
                 raise ConfigError(
-                    f"plugins: {what} {name!r} is registered by both plugin {found[name][0]!r} and "
-                    f"plugin {plugin!r}; add one of them to [plugins] blocked"
+                    f"plugins: {what} {name!r} is registered by both plugin {first!r} and "
+                    f"plugin {second!r}; add one of them to [plugins] blocked"
                 )
             found[name] = (plugin, thing)
     return dict(sorted(found.items()))
@@ -270,11 +271,18 @@ class PluginInfo:
     hooks: list[str] = field(default_factory=list)
 
 
+def _registered(pm: pluggy.PluginManager) -> list[tuple[str, Any]]:
+    """(name, plugin) of every loaded plugin, by name; blocked names (kept by pluggy as None) left out."""
+    return sorted(
+        ((n, p) for n, p in pm.list_name_plugin() if p is not None), key=lambda item: item[0]
+    )
+
+
 def plugin_versions(pm: GatewayPluginManager) -> dict[str, str]:
     """Plugin name -> version of the distribution it was installed from ("unknown" if none)."""
     return {
         name: (pm.distributions[name].version if name in pm.distributions else "unknown")
-        for name, _ in sorted(pm.list_name_plugin())
+        for name, _ in _registered(pm)
     }
 
 
@@ -290,7 +298,7 @@ def plugin_infos(pm: GatewayPluginManager) -> list[PluginInfo]:
             else "",
             hooks=sorted(h.name for h in pm.get_hookcallers(plugin) or ()),
         )
-        for name, plugin in pm.list_name_plugin()
+        for name, plugin in _registered(pm)
     }
     for name, (plugin, _) in _named(
         pm, "register_connectors", "connector", _connector_items
