@@ -121,7 +121,9 @@ class RecordProtector:
 
     def content_hash(self, record: Mapping[str, Any]) -> str:
         """Keyed hash of the plaintext values of every stored field, in a fixed order."""
-        text = "\x1e".join([canonical_text(record.get(f)) for f in self.fields])
+        text = "\x1e".join(
+            [v if type(v) is str else canonical_text(v) for v in map(record.get, self.fields)]
+        )
         token = self.protector.blind_index("content\x1d" + self.dataset + "\x1d" + text)
         return token.rpartition(":")[2][:64]
 

@@ -97,6 +97,8 @@ class SnapshotSeen(Base):
     ids: Mapped[bytes] = mapped_column(LargeBinary)
     first_position: Mapped[str | None] = mapped_column(String(200))
     last_position: Mapped[str | None] = mapped_column(String(200))
+    # The table's highest id after the batch's inserts: tells which batch inserted a row.
+    inserted_upto: Mapped[int | None] = mapped_column(BigInteger)
 
 
 class QuarantineRow(Base):
