@@ -93,6 +93,7 @@ HEAD = AuditHead.__table__
 CHECKPOINTS = AuditCheckpoint.__table__
 
 _ACTOR = re.compile(r"^[a-z][a-z0-9_]*:\S{1,90}$")
+_SUBJECT_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}:[0-9a-f]{16,}$")
 _ACTION = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$")
 # An ID number in the clear: 15+ digits in a row (18-digit, 15-digit legacy, a 20-char disability
 # certificate, "G" + ID student numbers) or 17 digits and X. A run touching a hex letter is part of
@@ -315,11 +316,11 @@ class AuditEvent:
             raise AuditError("audit subject_keys: must be a list of subject keys, not a string")
         keys = sorted(set(subject_keys))
         for key in keys:
-            if not isinstance(key, str) or not key or len(key) > 100:
+            if not isinstance(key, str) or len(key) > 100 or not _SUBJECT_KEY.match(key):
                 raise AuditError(
-                    "audit subject_keys: each must be a subject key string of at most 100 characters"
+                    "audit subject_keys: each must be a blind index '<key id>:<hex>' "
+                    "(Protector.blind_index), never an ID number"
                 )
-            _check_text("subject_keys", key)
         if subject_count is None:
             subject_count = len(keys)
         elif not isinstance(subject_count, int) or subject_count < 0:
