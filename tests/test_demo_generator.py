@@ -112,7 +112,7 @@ class Seen:
     poverty: dict[str, Any] | None = None
     disability: tuple[int, int] | None = None
     assistance: set[str] = field(default_factory=set)  # active types
-    aid: bool = False
+    aid: bool = False  # granted in the current school year
     area: str | None = None
     village: str | None = None
 
@@ -134,6 +134,7 @@ POVERTY_TYPE = {
 
 
 def read_world(out: Path, gt: GroundTruth) -> dict[str, Seen]:
+    """Every person the valid rows of the files name, with what they say."""
     people: dict[str, Seen] = {}
     invalid = {(r["file"], r["row"]) for r in gt.invalid_rows}
     for rel, dataset in (
@@ -170,7 +171,8 @@ def read_world(out: Path, gt: GroundTruth) -> dict[str, Seen]:
                 if row["状态"] == "正常" and not row["结束日期"] and row["救助类别"] in FLAG:
                     p.assistance.add(FLAG[row["救助类别"]])
             elif dataset == "aid":
-                p.aid = True
+                paid = date.fromisoformat(row["发放日期"])
+                p.aid = p.aid or gt.cutoff < paid <= gt.as_of
     return people
 
 
@@ -207,8 +209,9 @@ def age_of(subject: str, p: Seen, cutoff: date) -> int:
 def test_school_year_cutoff() -> None:
     assert school_year_cutoff(date(2026, 11, 24)) == date(2026, 8, 31)
     assert school_year_cutoff(date(2027, 3, 1)) == date(2026, 8, 31)
-    assert school_year_cutoff(date(2026, 8, 31)) == date(2026, 8, 31)
-    assert school_year_cutoff(date(2026, 8, 30)) == date(2025, 8, 31)
+    assert school_year_cutoff(date(2026, 9, 1)) == date(2026, 8, 31)
+    # the cut-off day itself is the last day of the school year that began a year before
+    assert school_year_cutoff(date(2026, 8, 31)) == date(2025, 8, 31)
 
 
 def test_files_have_the_native_layouts(demo: tuple[Path, GroundTruth]) -> None:
@@ -349,10 +352,11 @@ def test_ground_truth_lists_follow_from_the_files(demo: tuple[Path, GroundTruth]
         status = p.student["学籍状态"] if p.student else None
         if p.student:
             overlaps["students"] += 1
-            for d in (*regs, "aid_granted"):
-                if d in regs or (d == "aid_granted" and p.aid):
-                    overlaps[f"students_in_{d}"] += 1
-            if f:
+            for d in regs:
+                overlaps[f"students_in_{d}"] += 1
+            if "aid" in p.datasets:
+                overlaps["students_in_aid_granted"] += 1
+            if f and status not in ("毕业", "死亡"):  # left the ledger: no flags
                 overlaps["students_flagged"] += 1
                 flags[subject] = {"status": status, "aid": p.aid, **f}
                 if status == "在读" and not p.aid:
@@ -482,6 +486,10 @@ def test_ground_truth_is_realistic_and_self_consistent(demo: tuple[Path, GroundT
     for s, forms in gt.same_person.items():
         assert forms["poverty"] == "15" and s in legacy
         assert set(forms.values()) == {"15", "18"}
+    # aid granted last school year does not close this year's gap
+    _, aid = read_rows(out, AID, 0)
+    old = {ids.check(r["身份证件号"]).value for _, r in aid if r["发放日期"] <= "2026-08-31"}
+    assert old & set(gt.aid_gaps)
     # a stopped benefit (停发) flags nobody
     _, civil = read_rows(out, CIVIL, 1)
     stopped = {ids.check(r["身份证号码"]).value for _, r in civil if r["状态"] == "停发"}

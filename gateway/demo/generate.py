@@ -10,19 +10,25 @@ quarantine will.
 
 The rules the ground truth applies (the match must reach the same lists):
 
-- Age is the age at the school-year cut-off: 31 August of the school year containing ``as_of``
-  (the latest 31 August on or before ``as_of``; for 2026-11-24 that is 2026-08-31). Compulsory
-  range [6, 15], inclusive.
-- Student flags come from *visible* registry rows: 建档立卡 (poverty_type lifted/unstable/marginal/
+- Age is the age at the school-year cut-off: the last 31 August strictly before ``as_of`` (the
+  school year runs from the day after one cut-off to the next; for 2026-11-24 the cut-off is
+  2026-08-31, for 2026-08-31 it is 2025-08-31). Compulsory range [6, 15], inclusive.
+- Student flags (for students not 毕业 / 死亡, who have left the ledger) come from *visible*
+  registry rows: 建档立卡 (poverty_type lifted/unstable/marginal/
   hardship, monitoring type for 监测对象), 残疾 (category, grade), and the *active* civil-affairs
   assistance (状态 正常 and no 结束日期): 低保, 特困, 孤儿, 事实无人抚养. A 停发 row flags nothing.
 - Out of school: a person aged 6-15 found in at least one of the datasets poverty, disability,
-  assistance, residents whose visible student record is missing or has status 疑似辍学 / 辍学.
+  assistance, residents (any valid row: a stopped 低保 row still says the child lives here) whose
+  visible student record is missing or has status 疑似辍学 / 辍学. Township and village: those of
+  the first registry row in the order residents, poverty, disability, assistance (the
+  temporary-relief sheet has no village column: a child known only there has village null).
   Not out of school: 在读; 休学 (reported in ``suspended``); 转出 with a destination; 转出 without
   one (reported in ``transferred_out_unknown`` for checking); 毕业; 死亡.
 - Home teaching: out-of-school or 休学 persons with a visible disability certificate.
 - Rosters: students with status 疑似辍学 / 辍学 / 休学, each with its flags.
-- Aid gaps: flagged students with status 在读 who have no visible row in the aid-granted list.
+- Aid gaps: flagged students with status 在读 who have no visible aid-granted row dated in the
+  current school year (after the cut-off, on or before ``as_of``); some of them have a row from
+  the previous school year, which does not count.
 - Planted duplicates are exact copies of a valid row: the person is counted once.
 """
 
@@ -145,6 +151,7 @@ ASSISTANCE_FLAG = {
     "事实无人抚养儿童": "unsupported_child",
 }
 ACTIVE_STATUS = "在读"
+LEFT_LEDGER = ("毕业", "死亡")  # students who left the ledger carry no flags
 ROSTER_STATUSES = ("疑似辍学", "辍学", "休学")
 OUT_OF_SCHOOL_STATUSES = (None, "疑似辍学", "辍学")
 AID_PROJECTS = ("义务教育家庭经济困难学生生活补助", "残疾儿童少年助学金", "营养改善计划膳食补助")
@@ -226,9 +233,10 @@ def check_char(first17: str) -> str:
 
 
 def school_year_cutoff(as_of: date, month: int = 8, day: int = 31) -> date:
-    """The cut-off of the school year containing ``as_of``: the latest ``month-day`` on or before it."""
+    """The cut-off of the school year containing ``as_of``: the last ``month-day`` strictly before
+    it (a school year runs from the day after one cut-off to the next cut-off, inclusive)."""
     cutoff = date(as_of.year, month, day)
-    return cutoff if cutoff <= as_of else date(as_of.year - 1, month, day)
+    return cutoff if cutoff < as_of else date(as_of.year - 1, month, day)
 
 
 def age_at(birth: date, at: date) -> int:
@@ -1033,7 +1041,6 @@ class _CountyGenerator:
             hh.civil.append("事实无人抚养儿童")
         elif subkind == "tekun":
             hh.civil.append("特困供养")
-        hh.temporary = force == "temp_relief_child_out" or rng.random() < 0.005
         if force == "temp_relief_child_out":
             hh.poverty, hh.civil = None, []
 
@@ -1049,14 +1056,14 @@ class _CountyGenerator:
         if not hh.members:
             return
 
-        # a household ended 低保 only where no child could be out of school (keeps the ground
-        # truth free of "found only through a stopped benefit" cases)
-        if (
-            (force == "dibao_ended" or rng.random() < 0.01)
-            and "低保" not in hh.civil
-            and all(self._no_out_of_school_risk(c) for c in hh.members)
-        ):
-            hh.dibao_ended = True
+        # a stopped 低保 flags nobody, but the child was still found in the assistance records
+        if force != "temp_relief_child_out" and "低保" not in hh.civil:
+            hh.dibao_ended = force == "dibao_ended" or rng.random() < 0.01
+        # temporary relief goes to households with no other assistance (so a child known only
+        # through the temporary-relief sheet, which has no village column, has no village)
+        hh.temporary = force == "temp_relief_child_out" or (
+            not hh.civil and not hh.dibao_ended and rng.random() < 0.006
+        )
         self._write_household(hh, force)
 
     def _forced_child(self, force: str | None) -> Any:
@@ -1085,6 +1092,9 @@ class _CountyGenerator:
             return lambda hh: self._child(hh, 16, "辍学")
         if force == "temp_relief_child_out":
             return lambda hh: self._child(hh, self.rng.randint(10, 15), "none", tag=force)
+        if force in ("orphan", "unsupported", "tekun", "monitoring_hardship"):
+            # the rare kinds of household get at least one enrolled child, so the flag shows
+            return lambda hh: self._child(hh, self.rng.randint(7, 13), ACTIVE_STATUS)
         return None
 
     def _child(
@@ -1214,6 +1224,9 @@ class _CountyGenerator:
                 grant_p = 0.93 if c.flags else 0.04
                 if rng.random() < grant_p:
                     self._write_aid(c)
+                elif c.flags and rng.random() < 0.5:
+                    # granted last school year only: still a gap this year
+                    self._write_aid(c, this_year=False)
         for m in members:
             self._settle(m)
 
@@ -1409,10 +1422,19 @@ class _CountyGenerator:
                 if flag and state == "正常" and not end_s:
                     m.flags[flag] = True
 
-    def _write_aid(self, p: _Person) -> None:
+    def _write_aid(self, p: _Person, *, this_year: bool = True) -> None:
+        """Aid rows dated in the current school year (after the cut-off, on or before as_of), or
+        in the spring term before the cut-off (``this_year=False``)."""
         sink = self.sinks["aid"]
         assert p.id18
         rng = self.rng
+        first = self.cutoff + timedelta(days=1)
+        if this_year and first > self.as_of:  # as_of is the cut-off's next day at the earliest
+            this_year = False
+        if this_year:
+            window = (max(first, self.as_of - timedelta(days=60)), self.as_of)
+        else:
+            window = (self.cutoff - timedelta(days=200), self.cutoff - timedelta(days=60))
         projects = [AID_PROJECTS[0]]
         if "disability_category" in p.flags:
             projects.append(AID_PROJECTS[1])
@@ -1420,10 +1442,10 @@ class _CountyGenerator:
             projects.append(AID_PROJECTS[2])
         for project in projects:
             kind = sink.choose(p.id18)
-            paid = date(self.as_of.year, 10, rng.randint(10, 25))
+            paid = date.fromordinal(rng.randint(window[0].toordinal(), window[1].toordinal()))
             row = [_render_id(kind, p.id18), p.name, project, paid.isoformat()]
             if sink.write(row, kind, self.gt):
-                p.aid = True
+                p.aid = p.aid or this_year
                 p.files_seen.add("aid")
                 p.seen.add("aid_granted")
 
@@ -1453,7 +1475,7 @@ class _CountyGenerator:
                     o[f"students_in_{d}"] = o.get(f"students_in_{d}", 0) + 1
             gt.status_counts[vs.status] = gt.status_counts.get(vs.status, 0) + 1
             student_area = p.area12[:9] or None
-            if flags:
+            if flags and vs.status not in LEFT_LEDGER:
                 o["students_flagged"] = o.get("students_flagged", 0) + 1
                 gt.flags[material] = {
                     "status": vs.status,
