@@ -578,99 +578,125 @@ def _coercer(kind: str) -> Callable[[Any], Any]:
 
 # --- the compiled mappers -------------------------------------------------------------------------
 
-RowStep = Callable[[Mapping[str, Any], dict[str, Any], list[FieldError]], None]
+RowFunction = Callable[[Mapping[str, Any]], tuple[dict[str, Any], list[FieldError]]]
 # What the sync engine adds to a canonical record it delivers: the change (inserted / updated /
 # removed), whether the record left the source, and whether its ID was converted from 15 digits.
 OUTBOUND_EXTRA_FIELDS = ("change", "removed", "converted")
+_FAILED: Any = object()  # a field whose transform raised: its error is recorded, no value
 
 
-def _make_getter(
-    sources: list[str] | None, from_field: str | None, as_list: bool
-) -> Callable[..., Any]:
-    """(native, record) -> the raw value of a field: "" counts as missing."""
-    if from_field is not None:
+@dataclass
+class _FieldPlan:
+    """One field, resolved: where its value comes from and what happens to it."""
 
-        def derived(native: Mapping[str, Any], rec: dict[str, Any]) -> Any:
-            return rec.get(from_field)
-
-        return derived
-    if not sources:
-        return lambda native, rec: None
-    if as_list:
-        cols = tuple(sources)
-
-        def many(native: Mapping[str, Any], rec: dict[str, Any]) -> Any:
-            get = native.get
-            return [get(c) for c in cols]
-
-        return many
-    if len(sources) == 1:
-        col = sources[0]
-
-        def one(native: Mapping[str, Any], rec: dict[str, Any]) -> Any:
-            v = native.get(col)
-            return None if v == "" else v
-
-        return one
-    cols = tuple(sources)
-
-    def first(native: Mapping[str, Any], rec: dict[str, Any]) -> Any:
-        get = native.get
-        for c in cols:
-            v = get(c)
-            if v is not None and v != "":
-                return v
-        return None
-
-    return first
+    name: str
+    sources: list[str] | None  # columns (inbound) or canonical fields (outbound)
+    from_field: str | None  # inbound: an earlier canonical field of the mapping
+    as_list: bool  # the first transform (concat) takes every source's value
+    chain: tuple[Step, ...]
+    run_on_none: bool  # the first transform runs on an empty value (const)
+    coerce: Callable[[Any], Any] | None
+    coerce_kind: str | None
+    default: Any
+    required: bool
+    missing_text: str
 
 
-def _make_step(
-    name: str,
-    getter: Callable[..., Any],
-    chain: tuple[Step, ...],
-    *,
-    run_on_none: bool,
-    coerce: Callable[[Any], Any] | None,
-    default: Any,
-    required: bool,
-    missing_text: str,
-    source_field: str | None,
-) -> RowStep:
-    """One field's closure: read, transform, coerce, default, required: everything bound now."""
-    has_default = default is not _MISSING
-    simple = tuple(fn for fn, ctx in chain) if not any(ctx for _, ctx in chain) else None
+class _RowFunctionWriter:
+    """Writes one Python function for a whole mapping and compiles it once.
 
-    def step(native: Mapping[str, Any], rec: dict[str, Any], errors: list[FieldError]) -> None:
-        v = getter(native, rec)
-        if v is not None or run_on_none:
-            try:
-                if simple is not None:
-                    for fn in simple:
-                        v = fn(v)
-                        if v is None:
-                            break
-                else:
-                    for fn, ctx in chain:
-                        v = fn(v, native, rec) if ctx else fn(v)
-                        if v is None:
-                            break
-                if v is not None and coerce is not None:
-                    v = coerce(v)
-            except TransformError as exc:
-                errors.append(FieldError(name, exc.code, exc.message))
-                return
-        if v is None:
-            if has_default:
-                v = default
-            elif required:
-                # A field derived from one that already failed: that error says it all.
-                if source_field is None or not any(e.field == source_field for e in errors):
-                    errors.append(FieldError(name, "required", missing_text))
-                return
-        rec[name] = v
+    Hand-written code generation (the technique of ``dataclasses`` and ``attrs``): a loop of
+    per-field closures spent more time calling closures than transforming values (measured in
+    benchmarks/bench_mapping.py). The generated body reads each column, runs the field's
+    transforms, coerces, applies the default or records the missing value, straight through with
+    no lookups of the specification. Only literals (``repr`` of column and field names) and
+    references to prepared objects go into the source; ``source`` keeps it for inspection.
+    """
 
-    return step
+    def __init__(self, title: str):
+        self.title = title
+        self.ns: dict[str, Any] = {
+            "FieldError": FieldError,
+            "TransformError": TransformError,
+            "FAILED": _FAILED,
+        }
+        self.lines: list[str] = []
+
+    def ref(self, value: Any) -> str:
+        name = f"_k{len(self.ns)}"
+        self.ns[name] = value
+        return name
+
+    def field(self, p: _FieldPlan) -> None:
+        out = self.lines.append
+        name = repr(p.name)
+        out(f"    # field {name}")
+        if p.from_field is not None:
+            out(f"    v = rec.get({p.from_field!r})")
+        elif not p.sources:
+            out("    v = None")
+        elif p.as_list:
+            out(f"    v = [{', '.join(f'get({c!r})' for c in p.sources)}]")
+        else:
+            out(f"    v = get({p.sources[0]!r})")
+            for column in p.sources[1:]:  # alternatives: the first non-empty value
+                out('    if v is None or v == "":')
+                out(f"        v = get({column!r})")
+            out('    if v == "":')
+            out("        v = None")
+        out("    if True:" if p.run_on_none else "    if v is not None:")
+        out("        try:")
+        body = []
+        for index, (fn, context) in enumerate(p.chain):
+            call = f"{self.ref(fn)}(v, native, rec)" if context else f"{self.ref(fn)}(v)"
+            body.append(
+                f"v = {call}" if index == 0 else f"if v is not None:\n                v = {call}"
+            )
+        if p.coerce_kind == "str":  # the common case inline: text stays text
+            body.append(
+                f"if v is not None and v.__class__ is not str:\n                v = {self.ref(p.coerce)}(v)"
+            )
+        elif p.coerce is not None:
+            body.append(f"if v is not None:\n                v = {self.ref(p.coerce)}(v)")
+        for line in body or ["pass"]:
+            out(f"            {line}")
+        out("        except TransformError as exc:")
+        out(f"            errors.append(FieldError({name}, exc.code, exc.message))")
+        out("            v = FAILED")
+        if p.default is not _MISSING:
+            out("    if v is None:")
+            out(f"        v = {self.ref(p.default)}")
+            out("    if v is not FAILED:")
+            out(f"        rec[{name}] = v")
+        elif p.required:
+            missing = self.ref(FieldError(p.name, "required", p.missing_text))
+            out("    if v is None:")
+            if p.from_field is not None:  # its source failed: that error says it all
+                out(f"        if not any(e.field == {p.from_field!r} for e in errors):")
+                out(f"            errors.append({missing})")
+            else:
+                out(f"        errors.append({missing})")
+            out("    elif v is not FAILED:")
+            out(f"        rec[{name}] = v")
+        else:
+            out("    if v is not None and v is not FAILED:")
+            out(f"        rec[{name}] = v")
+
+    def build(self, template: dict[str, Any]) -> tuple[RowFunction, str]:
+        self.ns["TEMPLATE"] = template
+        source = "\n".join(
+            [
+                "def row_function(native):",
+                "    rec = TEMPLATE.copy()",
+                "    errors = []",
+                "    get = native.get",
+                *self.lines,
+                "    return rec, errors",
+                "",
+            ]
+        )
+        exec(compile(source, f"<mapping {self.title}>", "exec"), self.ns)  # noqa: S102 - see class doc
+        return self.ns["row_function"], source
 
 
 @dataclass
@@ -690,21 +716,23 @@ class Mapper:
     columns: list[str]  # every native column the mapping reads
     id_type: str  # document type of rows whose own type is not given
     title: str = ""
-    _steps: tuple[RowStep, ...] = field(default=(), repr=False)
-    _template: dict[str, Any] = field(default_factory=dict, repr=False)
+    # the generated row function and its source (see _RowFunctionWriter)
+    source: str = field(default="", repr=False)
+    _row: RowFunction | None = field(default=None, repr=False)
     # derived field -> the field it is computed from (from_field)
     _derived: dict[str, str] = field(default_factory=dict, repr=False)
 
     direction = "inbound"
 
+    def __post_init__(self) -> None:
+        if self._row is not None:
+            self.__dict__["map_row"] = self._row  # the call site gets the generated function itself
+
     def map_row(self, native: Mapping[str, Any]) -> tuple[dict[str, Any], list[FieldError]]:
         """Canonical record (every field of the dataset but ``subject_key``; plaintext values: the ID
         normalised, dates as ``date``, codes canonical; plus ``converted``) and the field errors."""
-        rec = self._template.copy()
-        errors: list[FieldError] = []
-        for step in self._steps:
-            step(native, rec, errors)
-        return rec, errors
+        assert self._row is not None
+        return self._row(native)
 
     def validate(self, record: Mapping[str, Any], skip: Iterable[str] = ()) -> list[FieldError]:
         """The canonical dataset's checks (``gateway.schemas.validate_record``)."""
@@ -757,18 +785,21 @@ class OutboundMapper:
     fields: list[str]  # native fields, in file order
     sensitivity: dict[str, str]  # native field -> class of the canonical data it carries
     title: str = ""
-    _steps: tuple[RowStep, ...] = field(default=(), repr=False)
+    source: str = field(default="", repr=False)
+    _row: RowFunction | None = field(default=None, repr=False)
 
     direction = "outbound"
+
+    def __post_init__(self) -> None:
+        if self._row is not None:
+            self.__dict__["map_record_checked"] = self._row
 
     def map_record_checked(
         self, record: Mapping[str, Any]
     ) -> tuple[dict[str, Any], list[FieldError]]:
-        out: dict[str, Any] = {}
-        errors: list[FieldError] = []
-        for step in self._steps:
-            step(record, out, errors)
-        return out, errors
+        """Native row (every field of the mapping, None when empty) and the field errors."""
+        assert self._row is not None
+        return self._row(record)
 
     def map_record(self, record: Mapping[str, Any]) -> dict[str, Any]:
         """Native row for the target; raises :class:`OutboundRecordError` if a field fails."""
@@ -920,7 +951,7 @@ def _compile_inbound(
     header, dataset, system = parsed.header, parsed.header["dataset"], parsed.header["system"]
     canonical: dict[str, FieldInfo] = dataset_fields(dataset)
     id_type = header.get("id_type", "1")
-    steps: list[tuple[str, RowStep]] = []
+    plans: list[_FieldPlan] = []
     seen: list[str] = []
     derived: dict[str, str] = {}
     sensitivity: dict[str, str] = {}
@@ -994,18 +1025,21 @@ def _compile_inbound(
             )
         else:
             missing_text = f"{info.label} ({name}) is missing"
-        step = _make_step(
-            name,
-            _make_getter(sources, from_field, is_concat),
-            chain,
-            run_on_none=run_on_none,
-            coerce=coerce,
-            default=default,
-            required=required,
-            missing_text=missing_text,
-            source_field=from_field,
+        plans.append(
+            _FieldPlan(
+                name=name,
+                sources=sources,
+                from_field=from_field,
+                as_list=is_concat,
+                chain=chain,
+                run_on_none=run_on_none,
+                coerce=coerce,
+                coerce_kind=info.type,
+                default=default,
+                required=required,
+                missing_text=missing_text,
+            )
         )
-        steps.append((name, step))
         seen.append(name)
     mapped = set(seen)
     for info in canonical.values():
@@ -1025,10 +1059,14 @@ def _compile_inbound(
     if problems:
         return None
     # The document type must be known before the ID number is checked against it.
-    steps.sort(key=lambda item: item[0] != "id_type")
+    plans.sort(key=lambda plan: plan.name != "id_type")
     template = {f: None for f in canonical if f not in COMPUTED_FIELDS}
     template["id_type"] = id_type
     template["converted"] = False
+    writer = _RowFunctionWriter(header["name"])
+    for plan in plans:
+        writer.field(plan)
+    row_function, source = writer.build(template)
     return Mapper(
         name=header["name"],
         system=system,
@@ -1042,8 +1080,8 @@ def _compile_inbound(
         required_groups=required_groups,
         columns=columns,
         id_type=id_type,
-        _steps=tuple(step for _, step in steps),
-        _template=template,
+        source=source,
+        _row=row_function,
         _derived=derived,
     )
 
@@ -1056,7 +1094,7 @@ def _compile_outbound(
 ) -> OutboundMapper | None:
     header, dataset, system = parsed.header, parsed.header["dataset"], parsed.header["system"]
     canonical = dataset_fields(dataset)
-    steps: list[RowStep] = []
+    writer = _RowFunctionWriter(header.get("name", str(parsed.path)))
     sensitivity: dict[str, str] = {}
     for name, spec in parsed.fields.items():
         where = ("fields", name)
@@ -1088,17 +1126,19 @@ def _compile_outbound(
             )
         sensitivity[name] = given or next(k for k, v in SENSITIVITY_RANK.items() if v == derived)
         default = spec.get("default", _MISSING)
-        steps.append(
-            _make_step(
-                name,
-                _make_getter(sources, None, is_concat),
-                chain,
+        writer.field(
+            _FieldPlan(
+                name=name,
+                sources=sources,
+                from_field=None,
+                as_list=is_concat,
+                chain=chain,
                 run_on_none=run_on_none,
                 coerce=None,
+                coerce_kind=None,
                 default=default,
                 required=spec["required"],
                 missing_text=f"{name} is missing: {' / '.join(sources or ['(no source)'])} is empty",
-                source_field=None,
             )
         )
     for index, key in enumerate(header.get("key", [])):
@@ -1106,6 +1146,7 @@ def _compile_outbound(
             problems.add(("mapping", "key", index), f"{key!r} is not a field of this mapping")
     if problems:
         return None
+    row_function, source = writer.build(dict.fromkeys(parsed.fields))
     return OutboundMapper(
         name=header["name"],
         system=system,
@@ -1116,7 +1157,8 @@ def _compile_outbound(
         key=list(header["key"]),
         fields=list(parsed.fields),
         sensitivity=sensitivity,
-        _steps=tuple(steps),
+        source=source,
+        _row=row_function,
     )
 
 

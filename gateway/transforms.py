@@ -92,18 +92,23 @@ def number_text(value: Any) -> str:
 
 # --- text ----------------------------------------------------------------------------------------
 
-# str.strip() already removes U+3000 (ideographic space); BOM and zero-width space are not whitespace.
-_STRIP_EXTRA = "\ufeff\u200b\u200c\u200d\u2060"
+# Every character str.strip() removes (Unicode White_Space, U+3000 included, and the separators
+# U+001C-U+001F), plus BOM and zero-width characters, which are not whitespace: one C-level strip.
+STRIPPED = (
+    "\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680"
+    + "".join(chr(c) for c in range(0x2000, 0x200B))
+    + "\u2028\u2029\u202f\u205f\u3000"
+    + "\ufeff\u200b\u200c\u200d\u2060"
+)
 
 
 def _strip() -> Fn:
-    extra = _STRIP_EXTRA
+    chars = STRIPPED
 
     def strip(value: Any) -> Any:
         if value.__class__ is not str:
             return value
-        value = value.strip().strip(extra).strip()
-        return value or None
+        return value.strip(chars) or None
 
     return strip
 
