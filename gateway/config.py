@@ -62,6 +62,10 @@ class GatewaySchema(_Strict):
     )
     # A county id: printed on reports, used as the audit actor prefix of this gateway.
     site_name = fields.String(load_default="county")
+    # Review pages' session cookie: Secure when the request came over HTTPS ("auto"), or always/never.
+    secure_cookies = fields.String(
+        load_default="auto", validate=validate.OneOf(["auto", "always", "never"])
+    )
 
     @validates("compulsory_ages")
     def _ages(self, value: list[int], **_: Any) -> None:
@@ -239,6 +243,7 @@ class GatewaySettings:
     compulsory_ages: list[int]
     log_level: str
     site_name: str
+    secure_cookies: str = "auto"
 
 
 @dataclass
