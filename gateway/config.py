@@ -145,6 +145,10 @@ class ApiSchema(_Strict):
         strict=True, load_default=8 * 1024 * 1024, validate=validate.Range(1024)
     )
     max_batch = fields.Integer(strict=True, load_default=10_000, validate=validate.Range(1))
+    # The change feed serves rows older than this, so a batch still committing is never skipped.
+    changes_settle_seconds = fields.Integer(
+        strict=True, load_default=10, validate=validate.Range(0, 3600)
+    )
 
 
 class UserSchema(_Strict):
@@ -312,6 +316,7 @@ class ApiSettings:
     window_seconds: int
     max_body_bytes: int
     max_batch: int
+    changes_settle_seconds: int = 10
 
 
 @dataclass
