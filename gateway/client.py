@@ -12,16 +12,19 @@ import json as jsonlib
 import random
 import secrets
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import quote, urlencode, urlsplit
 
 import requests
 
 from .errors import GatewayError
 
 if TYPE_CHECKING:
-    from .crypto import Suite
+    from .crypto import Keyring, Suite
+
+# An opener: (token, associated data) -> plaintext; CryptoError when it does not open.
+Opener = Callable[[str, bytes], str]
 
 RETRY_ALWAYS = {429, 503}  # the server refused before doing anything
 RETRY_IDEMPOTENT = {502, 504}  # the outcome is unknown: only safe to repeat for reads
@@ -46,16 +49,40 @@ class GatewayClient:
         suite: Suite,
         *,
         private_key: bytes | None = None,
+        keyring: Keyring | None = None,
         timeout: float | tuple[float, float] = (5.0, 60.0),
         retries: int = 3,
         backoff: float = 0.5,
         session: requests.Session | None = None,
+        verify: bool | str = True,
     ):
         self.base_url = base_url.rstrip("/")
         self.key_id, self._secret, self.suite = key_id, secret, suite
-        self._private_key = private_key
+        self._opener: Opener | None = None
+        if private_key is not None:
+            from .crypto import Opener as _Opener
+
+            box = _Opener(private_key)
+            self._opener = lambda token, aad: box.open(token, aad=aad)
+        elif keyring is not None and keyring.keys("open"):
+            self._opener = lambda token, aad: keyring.open_sealed(token, aad=aad)
         self.timeout, self.retries, self.backoff = timeout, retries, backoff
         self.session = session or requests.Session()
+        self.session.verify = verify
+        # The path prefix of base_url (a gateway behind a proxy at /gw) is part of what is signed.
+        self._prefix = urlsplit(self.base_url).path.rstrip("/")
+
+    @classmethod
+    def from_keyring(
+        cls, base_url: str, keyring: Keyring, key_id: str, **kwargs: Any
+    ) -> GatewayClient:
+        """A department's client from its own keyring: the request secret ``key_id`` (purpose
+        department) signs; its open key(s) open sealed values."""
+        from .crypto import DEFAULT_SUITE, get_suite
+
+        secret = keyring.department_secret(key_id)
+        suite = get_suite(kwargs.pop("suite", None) or keyring.suite or DEFAULT_SUITE)
+        return cls(base_url, key_id, secret, suite, keyring=keyring, **kwargs)
 
     def __repr__(self) -> str:  # never the secret
         return f"GatewayClient({self.base_url!r}, key_id={self.key_id!r})"
@@ -90,7 +117,11 @@ class GatewayClient:
     ) -> requests.Response:
         method = method.upper()
         query = urlencode({k: v for k, v in (params or {}).items() if v is not None}, doseq=True)
-        path_query = path + (f"?{query}" if query else "")
+        # Signed exactly as sent: requests leaves an already-encoded path alone.
+        path_query = (
+            self._prefix + quote(path, safe="/:@!$&'()*+,;=-._~%") + (f"?{query}" if query else "")
+        )
+        url = urlsplit(self.base_url)._replace(path="", query="", fragment="").geturl()
         if raw_body is not None:
             body = raw_body
         elif json is not None:
@@ -106,7 +137,7 @@ class GatewayClient:
             try:
                 response = self.session.request(
                     method,
-                    self.base_url + path_query,
+                    url + path_query,
                     data=body or None,
                     headers=headers,
                     timeout=self.timeout,
@@ -172,6 +203,13 @@ class GatewayClient:
 
     # -- the department API --------------------------------------------------------------------
 
+    def page(self, path: str, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """One page of a paginated resource (the caller keeps ``cursor`` / ``next_cursor``)."""
+        page = self.call("GET", path, params=params)
+        if not isinstance(page, dict):
+            raise ClientError(200, None, f"GET {path}: expected a JSON object")
+        return page
+
     def lookup(
         self,
         dataset: str,
@@ -180,41 +218,112 @@ class GatewayClient:
         purpose: str,
         fields: Sequence[str] = (),
     ) -> dict[str, Any]:
+        """Look subjects up (``{"id_number": ...}`` or ``{"subject_key": ...}``); sealed fields
+        are opened when the client has the department's private key."""
         body = {"purpose": purpose, "fields": list(fields), "subjects": list(subjects)}
-        return self.open_sealed(self.call("POST", f"/api/v1/datasets/{dataset}/lookup", json=body))
+        answer = self.call("POST", f"/api/v1/datasets/{dataset}/lookup", json=body)
+        return self.open_sealed(answer, dataset=dataset)
+
+    def changes_page(
+        self,
+        dataset: str,
+        *,
+        purpose: str,
+        cursor: str | None = None,
+        limit: int | None = None,
+        fields: Sequence[str] = (),
+    ) -> dict[str, Any]:
+        params = {
+            "purpose": purpose,
+            "cursor": cursor,
+            "limit": limit,
+            "fields": ",".join(fields) or None,
+        }
+        page = self.page(f"/api/v1/datasets/{dataset}/changes", params)
+        return self.open_sealed(page, dataset=dataset)
 
     def changes(
-        self, dataset: str, *, purpose: str, cursor: str | None = None
+        self,
+        dataset: str,
+        *,
+        purpose: str,
+        cursor: str | None = None,
+        fields: Sequence[str] = (),
     ) -> Iterator[dict[str, Any]]:
-        params = {"purpose": purpose, "cursor": cursor}
+        """Every change after ``cursor`` (following ``next_cursor``), sealed fields opened."""
+        params = {"purpose": purpose, "cursor": cursor, "fields": ",".join(fields) or None}
         for item in self.paginate(f"/api/v1/datasets/{dataset}/changes", params):
-            yield self.open_sealed(item)
+            yield self.open_sealed(item, dataset=dataset)
 
     def push(
         self, dataset: str, records: Sequence[Mapping[str, Any]], *, purpose: str
     ) -> dict[str, Any]:
+        """Push canonical records; the answer lists counts and the quarantined records."""
         return self.call(
             "POST",
             f"/api/v1/datasets/{dataset}/records",
-            json={"purpose": purpose, "records": list(records)},
+            json={"purpose": purpose, "records": [_jsonable(r) for r in records]},
         )
 
-    def open_sealed(self, payload: Any) -> Any:
-        """Replace every ``{"sealed": "x25519:..."}`` value with its plaintext (needs the private key)."""
-        if self._private_key is None:
+    def match_list(
+        self, list_name: str, *, purpose: str, school_code: str | None = None
+    ) -> Iterator[dict[str, Any]]:
+        """Every row of one of the latest match lists for the caller's area."""
+        params = {"purpose": purpose, "school_code": school_code}
+        for row in self.paginate(f"/api/v1/match/{list_name}", params):
+            yield self.open_sealed(row)
+
+    def open_sealed(self, payload: Any, *, dataset: str | None = None) -> Any:
+        """Replace every ``{"sealed": "x25519:..."}`` with its plaintext (needs the department's
+        private key; without it the payload is returned unchanged).
+
+        The associated data is ``"<dataset>/<field>"``: the dataset is ``dataset``, or the nearest
+        enclosing ``dataset`` / ``record_dataset`` value of the document.
+        """
+        if self._opener is None:
             return payload
-        from .crypto import open_sealed
+        return open_document(payload, self._opener, dataset=dataset)
 
-        def walk(value: Any) -> Any:
-            if isinstance(value, dict):
-                if set(value) == {"sealed"} and isinstance(value["sealed"], str):
-                    return open_sealed(self._private_key, value["sealed"])
-                return {k: walk(v) for k, v in value.items()}
-            if isinstance(value, list):
-                return [walk(v) for v in value]
+
+def _jsonable(record: Mapping[str, Any]) -> dict[str, Any]:
+    import datetime as dt
+
+    return {
+        k: (v.isoformat() if isinstance(v, dt.date | dt.datetime) else v) for k, v in record.items()
+    }
+
+
+def is_sealed(value: Any) -> bool:
+    return isinstance(value, dict) and set(value) == {"sealed"} and isinstance(value["sealed"], str)
+
+
+def open_document(payload: Any, opener: Opener, *, dataset: str | None = None) -> Any:
+    """A JSON document with every sealed value opened (see ``GatewayClient.open_sealed``)."""
+
+    def walk(value: Any, context: str | None) -> Any:
+        if isinstance(value, list):
+            return [walk(v, context) for v in value]
+        if not isinstance(value, dict):
             return value
+        for name in ("record_dataset", "dataset"):
+            if isinstance(value.get(name), str):
+                context = value[name]
+                break
+        out = {}
+        for key, item in value.items():
+            if is_sealed(item):
+                if context is None:
+                    from .crypto import CryptoError
 
-        return walk(payload)
+                    raise CryptoError(
+                        f"sealed {key}: the document does not say which dataset it is from"
+                    )
+                out[key] = opener(item["sealed"], f"{context}/{key}".encode())
+            else:
+                out[key] = walk(item, context)
+        return out
+
+    return walk(payload, dataset)
 
 
 def _first_line(exc: BaseException) -> str:

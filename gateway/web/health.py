@@ -7,16 +7,26 @@ from flask import Blueprint, Response, jsonify
 from ..errors import GatewayError
 from ..store import migrate
 from .context import current_site
+from .openapi import operation
+from .schemas import HealthSchema, ReadySchema
 
 bp = Blueprint("health", __name__)
 
 
 @bp.get("/healthz")
+@operation(summary="The process answers", tag="meta", response=HealthSchema, signed=False)
 def healthz() -> Response:
     return jsonify(status="ok")
 
 
 @bp.get("/readyz")
+@operation(
+    summary="Store reachable, migrations current, keyring loaded",
+    tag="meta",
+    response=ReadySchema,
+    signed=False,
+    other_responses={503: ReadySchema},
+)
 def readyz() -> tuple[Response, int]:
     site = current_site()
     checks: dict[str, str] = {}

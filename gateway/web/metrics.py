@@ -7,6 +7,7 @@ synced, quarantine size, audit chain length) are the same whichever worker answe
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from flask import Flask, Response, g, request
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -16,6 +17,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from .context import current_site
+from .openapi import operation
 
 
 class StoreCollector(Collector):
@@ -49,37 +51,28 @@ class StoreCollector(Collector):
             yield from extra
 
 
-def _extra_queries():
-    """(metric, help, query) for tables other modules own; each appears once its module has it."""
-    from ..store import audit_log, jobs
+def _extra_queries() -> list[tuple[str, str, Any]]:
+    """(metric, help, query) for the figures other modules' tables hold."""
+    from ..store.audit_log import AuditHead
+    from ..store.jobs import QuarantineRow, Run
 
-    queries = []
-    if hasattr(jobs, "QuarantineRow"):
-        q = jobs.QuarantineRow
-        queries.append(
-            (
-                "gateway_quarantine_rows",
-                "Unresolved quarantined rows",
-                select(func.count()).select_from(q).where(q.resolved_at.is_(None)),
-            )
-        )
-    if hasattr(jobs, "Run"):
-        queries.append(
-            (
-                "gateway_rows_synced_total",
-                "Rows read by sync runs",
-                select(func.coalesce(func.sum(jobs.Run.rows_read), 0)),
-            )
-        )
-    if hasattr(audit_log, "AuditEntry"):
-        queries.append(
-            (
-                "gateway_audit_chain_length",
-                "Entries in the audit chain",
-                select(func.max(audit_log.AuditEntry.seq)),
-            )
-        )
-    return queries
+    return [
+        (
+            "gateway_quarantine_rows",
+            "Quarantined rows still open",
+            select(func.count()).select_from(QuarantineRow).where(QuarantineRow.status == "open"),
+        ),
+        (
+            "gateway_rows_synced_total",
+            "Rows read by sync runs (pushes included)",
+            select(func.coalesce(func.sum(Run.read), 0)),
+        ),
+        (
+            "gateway_audit_chain_length",
+            "Entries appended to the audit chain (the head's seq)",
+            select(func.coalesce(func.max(AuditHead.seq), 0)),
+        ),
+    ]
 
 
 def init_app(app: Flask) -> None:
@@ -112,5 +105,8 @@ def init_app(app: Flask) -> None:
         return response
 
     @app.get("/metrics")
+    @operation(
+        summary="Prometheus metrics", tag="meta", signed=False, response_content="text/plain"
+    )
     def metrics() -> Response:
         return Response(generate_latest(registry), mimetype="text/plain; version=0.0.4")

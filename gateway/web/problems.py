@@ -17,6 +17,7 @@ PROBLEM_BASE = "https://gateway.invalid/problems/"
 CATALOGUE: dict[str, tuple[int, str]] = {
     "bad-request": (400, "Malformed request"),
     "invalid-json": (400, "Body is not valid JSON"),
+    "invalid-cursor": (400, "Cursor is not one this gateway issued"),
     "validation-failed": (422, "Request body failed validation"),
     "missing-signature": (401, "Request is not signed"),
     "bad-signature": (401, "Signature does not match"),
@@ -29,12 +30,15 @@ CATALOGUE: dict[str, tuple[int, str]] = {
     "forbidden-field": (403, "Field not allowed by policy"),
     "forbidden-area": (403, "Area not allowed by policy"),
     "not-found": (404, "Not found"),
+    "no-match-run": (404, "No match run yet"),
     "method-not-allowed": (405, "Method not allowed"),
+    "job-busy": (409, "Job is being run by another process"),
     "unsupported-media-type": (415, "Content type must be application/json"),
     "batch-too-large": (413, "Too many subjects in one request"),
     "body-too-large": (413, "Request body too large"),
     "rate-limited": (429, "Too many requests"),
     "unavailable": (503, "Service not ready"),
+    "busy": (503, "Another write to this dataset is in progress; retry"),
     "server-error": (500, "Internal error"),
 }
 
@@ -49,10 +53,18 @@ _BY_STATUS = {
 class Problem(Exception):
     """Raise anywhere in a request: becomes the problem document of its catalogue entry."""
 
-    def __init__(self, slug: str, detail: str | None = None, **extra: Any):
+    def __init__(
+        self,
+        slug: str,
+        detail: str | None = None,
+        *,
+        headers: dict[str, str] | None = None,
+        **extra: Any,
+    ):
         if slug not in CATALOGUE:
             raise ValueError(f"unknown problem type {slug!r}")
         self.slug, self.detail, self.extra = slug, detail, extra
+        self.headers = dict(headers or {})
         self.status, self.title = CATALOGUE[slug]
         super().__init__(f"{slug}: {detail or self.title}")
 
@@ -64,9 +76,16 @@ class Problem(Exception):
         response = Response(
             json.dumps(body), status=self.status, mimetype="application/problem+json"
         )
-        for key, value in (headers or {}).items():
+        for key, value in {**self.headers, **(headers or {})}.items():
             response.headers[key] = value
+        # Read by the API's refusal audit (gateway/web/auth.py): the stable type, not the body.
+        response.problem_slug = self.slug  # type: ignore[attr-defined]
         return response
+
+
+def problem_slug(response: Response) -> str | None:
+    """The catalogue type of a problem response made by ``Problem.to_response``."""
+    return getattr(response, "problem_slug", None)
 
 
 def problem_schema() -> dict[str, Any]:

@@ -1,0 +1,394 @@
+"""Signed requests under ``/api/v1``: who is calling, replay protection, rate limits, refusals.
+
+Every API request carries design.md's headers (key id, timestamp, nonce, signature). The check, in
+this order: all four headers present (else ``missing-signature``); the key id belongs to a
+department of the config and the keyring holds its secret (``unknown-key``); the signature over
+``METHOD \\n PATH?QUERY \\n TIMESTAMP \\n NONCE \\n hex(HASH(body))`` matches, with the path and
+query exactly as sent on the wire (``bad-signature``); the timestamp is within
+``[api] window_seconds`` of now (``expired-timestamp``); only then is the nonce recorded in the
+store (``replayed-nonce`` if it was already there: refused in every process sharing the store); and
+the department's token bucket has a token (``rate-limited``, 429 with Retry-After).
+
+One request = one store transaction (``request_session()``): the nonce row, the handler's reads and
+the request's audit entry commit together in ``after_request``, before the response leaves, so a
+data response is never sent without its audit entry, and a crash in between leaves neither.
+Handlers that write through other connections (a push, a job run) call ``commit_nonce()`` first.
+
+Every response of 400 or more under ``/api/v1`` is audited as ``api.refused`` with its reason
+(method, path, status, problem type; never the body, never an ID number): the actor is the calling
+department, or ``unauthenticated:<key id as sent>`` when the caller could not be established.
+
+Rate limits are per process: a token bucket per department holding ``rate_limit`` tokens and
+refilled at ``rate_limit`` per second. Under gunicorn with N workers a department can therefore get
+up to N times its limit in total; set ``rate_limit`` to the per-worker share.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import math
+import re
+import threading
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+from urllib.parse import quote, urlsplit
+
+from flask import Flask, Response, g, request
+from sqlalchemy.exc import SQLAlchemyError
+
+from .. import audit
+from ..crypto import verify_request_signature
+from ..errors import GatewayError
+from ..policy import Refusal, authorize, department_by_key
+from ..schemas import scrub
+from ..store.api import purge_nonces, remember_nonce
+from .context import current_site
+from .problems import Problem, problem_slug
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from sqlalchemy.orm import Session
+
+    from ..config import AllowRule, DepartmentSettings
+
+log = logging.getLogger("gateway.web.auth")
+
+API_PREFIX = "/api/v1/"
+KEY_HEADER = "X-Gateway-Key"
+TIMESTAMP_HEADER = "X-Gateway-Timestamp"
+NONCE_HEADER = "X-Gateway-Nonce"
+SIGNATURE_HEADER = "X-Gateway-Signature"
+SIGNATURE_HEADERS = (KEY_HEADER, TIMESTAMP_HEADER, NONCE_HEADER, SIGNATURE_HEADER)
+
+_NONCE = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
+_TIMESTAMP = re.compile(r"^\d{1,12}$")
+_ACTOR_SAFE = re.compile(r"[^A-Za-z0-9._@-]")
+PURGE_EVERY_S = 60.0
+
+
+@dataclass(frozen=True)
+class Caller:
+    """The department a verified request came from."""
+
+    department: DepartmentSettings
+    key_id: str
+
+    @property
+    def name(self) -> str:
+        return self.department.name
+
+    @property
+    def actor(self) -> str:
+        return f"dept:{self.department.name}"
+
+
+# -- rate limits ----------------------------------------------------------------------------------
+
+
+class TokenBucket:
+    """``rate`` tokens per second, at most ``rate`` in store (one second's burst)."""
+
+    __slots__ = ("capacity", "lock", "rate", "tokens", "updated")
+
+    def __init__(self, rate: float):
+        self.rate = float(rate)
+        self.capacity = float(max(rate, 1))
+        self.tokens = self.capacity
+        self.updated = time.monotonic()
+        self.lock = threading.Lock()
+
+    def take(self) -> float:
+        """0.0 if a token was taken; else the seconds until one is available."""
+        with self.lock:
+            now = time.monotonic()
+            self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate)
+            self.updated = now
+            if self.tokens >= 1.0:
+                self.tokens -= 1.0
+                return 0.0
+            return (1.0 - self.tokens) / self.rate
+
+
+class RateLimiter:
+    """One bucket per department, in this process."""
+
+    def __init__(self) -> None:
+        self._buckets: dict[str, TokenBucket] = {}
+        self._lock = threading.Lock()
+
+    def check(self, department: DepartmentSettings) -> float:
+        bucket = self._buckets.get(department.name)
+        if bucket is None or bucket.rate != department.rate_limit:
+            with self._lock:
+                bucket = self._buckets.get(department.name)
+                if bucket is None or bucket.rate != department.rate_limit:
+                    bucket = self._buckets[department.name] = TokenBucket(department.rate_limit)
+        return bucket.take()
+
+
+# -- helpers for handlers ------------------------------------------------------------------------
+
+
+def is_api_request() -> bool:
+    return request.path.startswith(API_PREFIX)
+
+
+def current_caller() -> Caller:
+    caller = g.get("caller")
+    if caller is None:  # the before_request hook guarantees it under /api/v1
+        raise Problem("missing-signature")
+    return caller
+
+
+def require_role(*roles: str, permission: str | None = None) -> Caller:
+    """The caller, if its role is one of ``roles`` (or it holds ``permission``); else 403."""
+    caller = current_caller()
+    dept = caller.department
+    if dept.role in roles or (permission is not None and permission in dept.permissions):
+        return caller
+    needs = " or ".join(roles) + (f" (or the {permission!r} permission)" if permission else "")
+    raise Problem("forbidden-role", f"role {dept.role!r} may not use this resource (needs {needs})")
+
+
+def authorize_for(
+    caller: Caller,
+    dataset: str,
+    purpose: str,
+    fields: Sequence[str],
+    *,
+    write: bool = False,
+) -> AllowRule:
+    """The policy rule allowing this request, or the 403 naming what was refused (the purpose and
+    fields are kept for the refusal's audit entry)."""
+    g.purpose = purpose
+    try:
+        return authorize(
+            caller.department, dataset=dataset, purpose=purpose, fields=fields, write=write
+        )
+    except Refusal as refusal:
+        g.refused_fields = list(fields)
+        raise Problem(refusal.slug, refusal.detail) from None
+
+
+def request_session() -> Session:
+    """The request's store transaction (opened when the signature was verified)."""
+    db = g.get("db")
+    if db is None:
+        db = g.db = current_site().sessions()
+    return db
+
+
+def commit_nonce() -> None:
+    """Commit what the request wrote so far (its nonce): call before writing through another
+    connection, which on SQLite would otherwise wait for this transaction's write lock."""
+    db = g.get("db")
+    if db is not None:
+        db.commit()
+
+
+def path_as_sent(environ: dict) -> str:
+    """The request target as the client sent it (what the signature covers): gunicorn and the
+    werkzeug server keep it in RAW_URI / REQUEST_URI; PATH_INFO is already percent-decoded."""
+    raw = environ.get("RAW_URI") or environ.get("REQUEST_URI")
+    if raw:
+        if not raw.startswith("/"):  # absolute form "http://host/path?query"
+            parts = urlsplit(raw)
+            return (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        return raw
+    path = quote(
+        environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", ""), safe="/:@!$&'()*+,;=-._~"
+    )
+    query = environ.get("QUERY_STRING", "")
+    return path + (f"?{query}" if query else "")
+
+
+def _now_utc() -> dt.datetime:
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
+
+
+# -- the checks ---------------------------------------------------------------------------------
+
+
+def authenticate(limiter: RateLimiter) -> None:
+    """Establish ``g.caller`` or raise the Problem that refuses the request."""
+    site = current_site()
+    headers = request.headers
+    g.claimed_key = headers.get(KEY_HEADER, "")
+    missing = [h for h in SIGNATURE_HEADERS if not headers.get(h)]
+    if missing:
+        raise Problem("missing-signature", f"missing header(s): {', '.join(missing)}")
+    key_id, timestamp = headers[KEY_HEADER].strip(), headers[TIMESTAMP_HEADER].strip()
+    nonce, signature = headers[NONCE_HEADER].strip(), headers[SIGNATURE_HEADER].strip()
+    # The body is read (and its size limit enforced: 413) before anything depends on it.
+    body = request.get_data(cache=True)
+    department = department_by_key(site.settings, key_id)
+    if department is None:
+        raise Problem("unknown-key", "no department has this key id")
+    try:
+        secret = site.keyring.department_secret(key_id)
+    except GatewayError:
+        raise Problem("unknown-key", "this key id has no active secret in the keyring") from None
+    if not _TIMESTAMP.match(timestamp):
+        raise Problem("expired-timestamp", f"{TIMESTAMP_HEADER} must be Unix time in seconds")
+    if not _NONCE.match(nonce):
+        raise Problem("bad-signature", f"{NONCE_HEADER} must be 8-64 characters of A-Z a-z 0-9 _ -")
+    path_query = path_as_sent(request.environ)
+    if not verify_request_signature(
+        site.suite, secret, request.method, path_query, timestamp, nonce, body, signature
+    ):
+        raise Problem(
+            "bad-signature",
+            f"the signature does not match (signed: method, path and query as sent, timestamp, "
+            f"nonce, {site.suite.hash_name} of the body; suite {site.suite.name})",
+        )
+    window = site.settings.api.window_seconds
+    skew = time.time() - int(timestamp)
+    if abs(skew) > window:
+        raise Problem(
+            "expired-timestamp",
+            f"timestamp is {abs(skew):.0f} s {'old' if skew > 0 else 'in the future'}; "
+            f"the window is {window} s",
+        )
+    g.caller = Caller(department, key_id)
+    expires = dt.datetime.fromtimestamp(int(timestamp) + window, dt.UTC).replace(tzinfo=None)
+    if not remember_nonce(request_session(), key_id, nonce, expires):
+        g.db.rollback()
+        raise Problem("replayed-nonce", "this nonce was already used within the window")
+    g.nonce = (key_id, nonce, expires)
+    wait = limiter.check(department)
+    if wait > 0:
+        retry = max(1, math.ceil(wait))
+        raise Problem(
+            "rate-limited",
+            f"more than {department.rate_limit} requests per second",
+            headers={"Retry-After": str(retry)},
+        )
+
+
+# -- the refusal audit ----------------------------------------------------------------------------
+
+
+def _safe_actor_name(value: str) -> str:
+    """A claimed key id for the audit actor: printable, short, never an ID number."""
+    text = _ACTOR_SAFE.sub("_", value.strip())[:64] or "-"
+    return "-" if audit.looks_like_id(text) else text
+
+
+def _safe_text(value: str | None, limit: int) -> str | None:
+    if not value:
+        return None
+    text = scrub(value)[:limit]
+    return None if audit.looks_like_id(text) else text
+
+
+def refusal_event(response: Response) -> dict:
+    caller: Caller | None = g.get("caller")
+    slug = problem_slug(response) or (
+        "server-error" if response.status_code >= 500 else "bad-request"
+    )
+    actor = (
+        caller.actor if caller else f"unauthenticated:{_safe_actor_name(g.get('claimed_key', ''))}"
+    )
+    detail = {
+        "method": request.method,
+        "path": _safe_text(request.path, 200) or "-",
+        "status": response.status_code,
+        "problem": slug,
+    }
+    if caller is None and g.get("claimed_key"):
+        detail["reason"] = "caller not established"
+    view_args = request.view_args or {}
+    dataset = view_args.get("dataset")
+    from ..schemas import DATASETS
+
+    return {
+        "actor": actor,
+        "action": "api.refused",
+        "outcome": "refused",
+        "dataset": dataset if dataset in DATASETS else None,
+        "purpose": _safe_text(g.get("purpose"), 100),
+        "fields": [f for f in g.get("refused_fields", ()) if isinstance(f, str)][:50],
+        "detail": detail,
+    }
+
+
+def _audit_refusal(response: Response) -> None:
+    site = current_site()
+    db = g.pop("db", None)
+    if db is not None:
+        db.rollback()  # whatever the handler did is undone; the nonce is recorded again below
+        db.close()
+    event = refusal_event(response)
+    with site.begin() as session:
+        nonce = g.get("nonce")
+        if nonce is not None:
+            remember_nonce(session, *nonce)  # False if committed early: fine, it is recorded
+        audit.record(session, site=site, **event)
+
+
+_last_purge = [0.0]
+
+
+def _maybe_purge() -> None:
+    now = time.monotonic()
+    if now - _last_purge[0] < PURGE_EVERY_S:
+        return
+    _last_purge[0] = now
+    try:
+        with current_site().begin() as session:
+            purge_nonces(session, _now_utc())
+    except SQLAlchemyError as exc:  # the next request tries again
+        log.warning("purging expired nonces failed: %s", str(exc).splitlines()[0])
+
+
+def init_app(app: Flask) -> None:
+    limiter = RateLimiter()
+    app.extensions["gateway.rate_limiter"] = limiter
+
+    @app.before_request
+    def _authenticate() -> None:
+        if is_api_request():
+            authenticate(limiter)
+
+    @app.after_request
+    def _finish(response: Response) -> Response:
+        if not is_api_request():
+            return response
+        if response.status_code >= 400:
+            try:
+                _audit_refusal(response)
+            except (SQLAlchemyError, GatewayError):
+                # The store is down or refused the entry: the refusal still goes out, logged here.
+                log.exception(
+                    "could not audit a refused request (%s %s)", request.method, request.path
+                )
+            return response
+        db = g.pop("db", None)
+        if db is None:
+            return response
+        try:
+            db.commit()
+        except SQLAlchemyError:
+            # The audit entry did not commit: the data must not leave either.
+            log.exception("request transaction failed to commit")
+            db.rollback()
+            db.close()
+            failed = Problem("unavailable", "the store did not accept the request's audit entry")
+            response = failed.to_response()
+            try:
+                _audit_refusal(response)
+            except (SQLAlchemyError, GatewayError):
+                log.exception("could not audit the failed request either")
+            return response
+        db.close()
+        _maybe_purge()
+        return response
+
+    @app.teardown_request
+    def _close(_exc: BaseException | None) -> None:
+        db = g.pop("db", None)
+        if db is not None:
+            db.close()
