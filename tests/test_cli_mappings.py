@@ -218,3 +218,30 @@ def test_gateway_command_end_to_end(tmp_path: Path) -> None:
     assert (
         res.returncode == 2 and res.stderr.startswith("error: ") and "Traceback" not in res.stderr
     )
+
+
+def test_check_uses_the_site_copies_and_blocked_plugins(tmp_path: Path) -> None:
+    from gateway.mapping import builtin_mapping_path
+    from tests.fixtures.sites import write_site
+
+    config = write_site(
+        tmp_path / "site",
+        f"sqlite:///{tmp_path / 'g.db'}",
+        {"plugins": {"blocked": ["civil_affairs"]}},
+    )
+    copy = tmp_path / "site" / "mappings" / "student_status" / "students.toml"
+    copy.parent.mkdir(parents=True)
+    text = builtin_mapping_path("student_status/students").read_text(encoding="utf-8")
+    copy.write_text(text.replace('"code:student_status"', '"code:学籍"'), encoding="utf-8")
+    runner = CliRunner()
+    result = runner.invoke(
+        mappings_group,
+        ["check", "student_status/students", "civil_affairs/assistance"],
+        obj=LazySite(config),
+    )
+    assert result.exit_code == 1
+    out = result.output
+    line = text.splitlines().index('transforms = ["strip", "code:student_status"]') + 1
+    assert f"{copy}:{line}: fields.status.transforms[1]: unknown code table '学籍'" in out
+    # the civil-affairs plugin is blocked on this site: its code tables are not there
+    assert "assistance.toml" in out and "unknown code table 'assistance_type'" in out

@@ -825,3 +825,41 @@ def test_schema_fields_fit_the_store_columns() -> None:
             length = getattr(columns[info.name].type, "length", None)
             if info.sensitivity == "plain" and length is not None and info.max_length is not None:
                 assert info.max_length <= length, f"{dataset}.{info.name}"
+
+
+def test_strip_knows_every_whitespace_character() -> None:
+    import sys
+
+    from gateway.transforms import STRIPPED
+
+    whitespace = {chr(c) for c in range(sys.maxunicode + 1) if chr(c).isspace()}
+    assert whitespace <= set(STRIPPED)
+    assert fn("strip")("".join(sorted(whitespace)) + "x\ufeff\u200b") == "x"
+
+
+def test_odd_field_names_cannot_break_the_generated_code(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """
+        [mapping]
+        name = "t/odd.out"
+        system = "t"
+        dataset = "students"
+        direction = "outbound"
+        version = "1"
+        key = ["a'b\\"c\\nd"]
+
+        [fields."a'b\\"c\\nd"]
+        from = "name"
+
+        [fields."x)) ; import os #"]
+        from = "status"
+        default = "none"
+        """,
+    )
+    mapper = load(path)
+    assert mapper.map_record({"name": "n", "status": None}) == {
+        "a'b\"c\nd": "n",
+        "x)) ; import os #": "none",
+    }
+    assert "import os" not in mapper.source.replace("'x)) ; import os #'", "")
