@@ -99,7 +99,11 @@ class RecordProtector:
         if number is None or str(number).strip() == "":
             raise KeyProblem("id_number", "missing_id", "no ID number: the record cannot be keyed")
         id_type = str(record.get("id_type") or "1")
-        return self.protector.blind_index(ids.index_material(id_type, str(number)))
+        try:
+            material = ids.index_material(id_type, str(number))
+        except ValueError:
+            raise KeyProblem("id_number", "bad_id", "the ID number is not normalised") from None
+        return self.protector.blind_index(material)
 
     def record_key(self, record: Mapping[str, Any], subject_key: str) -> str:
         if not self._extra_key_fields:

@@ -39,6 +39,7 @@ from sqlalchemy import bindparam, delete, func, insert, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from . import audit
+from .connectors import Batch, Row
 from .errors import ConfigError, GatewayError, SourceError, TransientSourceError
 from .protect import KeyProblem, RecordProtector
 from .store.jobs import (
@@ -59,7 +60,7 @@ if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
     from .config import JobSettings
-    from .connectors import Batch, Connector, Row
+    from .connectors import Connector
     from .site import Site
 
 log = logging.getLogger(__name__)
@@ -421,6 +422,8 @@ class JobRunner:
         # inserted a row (inserted ids are not tracked one by one).
         self.insert_bounds: list[tuple[int, int]] = []
         self.new_keys: set[str] = set()  # dry run only: keys an earlier batch would have inserted
+        # Replaying quarantined rows: id(Row) -> its quarantine row (updated, never re-inserted).
+        self.replaying: dict[int, QuarantineRow] | None = None
         self.summary = RunSummary(
             job=job.name,
             mode=job.settings.mode,
@@ -670,6 +673,21 @@ class JobRunner:
                 inserts.append((record_key, row, record, subject_key, content_hash))
                 continue
             row_id, stored_hash, removed, last_run = found
+            if (
+                self.replaying is not None
+                and self.replaying[id(row)].reason == "duplicate"
+                and not removed
+            ):
+                quarantine.append(
+                    _Q(
+                        row,
+                        "duplicate",
+                        "record_key",
+                        "duplicate",
+                        "the stored record with this record key is still there",
+                    )
+                )
+                continue
             earlier = self.seen.batch_of(row_id)
             if earlier or last_run in self.run_ids:
                 # Seen in an earlier batch, or inserted by one (inserted ids are not tracked:
@@ -740,7 +758,9 @@ class JobRunner:
             positions = (
                 (batch.rows[0].position, batch.rows[-1].position) if batch.rows else ("", "")
             )
-            if self.snapshot:
+            if self.replaying is not None:
+                self._resolve_replayed(conn, batch, quarantine, now)
+            elif self.snapshot:
                 session.add(
                     SnapshotSeen(
                         snapshot_id=s.snapshot_id,
@@ -751,12 +771,12 @@ class JobRunner:
                         inserted_upto=inserted_upto,
                     )
                 )
-            state = session.get(JobCursor, self.job.name)
-            state.cursor = (
-                json.dumps(batch.cursor, default=str) if batch.cursor is not None else state.cursor
-            )
-            state.batch_no = this_batch
-            state.updated_at = now
+            if self.replaying is None:
+                state = session.get(JobCursor, self.job.name)
+                if batch.cursor is not None:
+                    state.cursor = json.dumps(batch.cursor, default=str)
+                state.batch_no = this_batch
+                state.updated_at = now
             n_read = len(batch.rows)
             session.execute(
                 update(Run)
@@ -814,6 +834,77 @@ class JobRunner:
         if self.progress:
             self.progress.advance(s)
 
+    def _resolve_replayed(
+        self, conn: Any, batch: Batch, still_bad: list[_Q], now: dt.datetime
+    ) -> None:
+        assert self.replaying is not None
+        bad = {id(q.row) for q in still_bad}
+        resolved = [self.replaying[id(r)].id for r in batch.rows if id(r) not in bad]
+        if resolved:
+            conn.execute(
+                update(QuarantineRow.__table__)
+                .where(QuarantineRow.__table__.c.id.in_(resolved))
+                .values(status="resolved", resolved_run_id=self.summary.run_id, updated_at=now)
+            )
+
+    def replay(self, rows: Sequence[QuarantineRow]) -> RunSummary:
+        """Run quarantined rows again through the current mapping: resolved rows are stored and
+        marked resolved; rows still bad keep their quarantine row with the new reason."""
+        s = self.summary
+        s.kind = "replay"
+        self.snapshot = False  # a replay neither resumes nor removes anything
+        now = utcnow()
+        from .plugins import plugin_versions
+
+        with self.site.begin() as session:
+            run = Run(
+                job=self.job.name,
+                kind="replay",
+                mode=self.job.settings.mode,
+                status="running",
+                source=self.job.source,
+                dataset=self.job.dataset,
+                mapping_name=s.mapping_name,
+                mapping_version=s.mapping_version,
+                plugin_versions=json.dumps(plugin_versions(self.site.plugins), sort_keys=True),
+                holder=self.lease.holder if self.lease else None,
+                started_at=now,
+                heartbeat_at=now,
+            )
+            session.add(run)
+            session.flush()
+            s.run_id = run.id
+            self.run_ids = {run.id}
+        if self.progress:
+            self.progress.start(s)
+        open_ = self.site.protector.open
+        size = self.job.settings.batch_size
+        try:
+            for i in range(0, len(rows), size):
+                chunk = rows[i : i + size]
+                native = []
+                self.replaying = {}
+                for q in chunk:
+                    data = json.loads(
+                        open_(q.row_sealed, dataset="quarantine", field="row", record=q.uid)
+                    )
+                    problems = [(q.field or "", q.reason, q.message)] if q.stage == "read" else []
+                    row = Row(q.position, data, problems)
+                    self.replaying[id(row)] = q
+                    native.append(row)
+                self._batch(Batch(native, cursor=None))
+            self._finish("succeeded")
+        except GatewayError as exc:
+            self._fail(str(exc))
+            raise SyncFailed(f"job {self.job.name}: replay run {s.run_id} failed: {exc}") from None
+        except SQLAlchemyError as exc:
+            cause = f"store: {_first_line(exc)}"
+            self._fail(cause)
+            raise SyncFailed(
+                f"job {self.job.name}: replay run {s.run_id} failed: {cause}"
+            ) from None
+        return s
+
     def _inserted_by(self, row_id: int) -> int | None:
         """The batch of this run that inserted row ``row_id``."""
         i = bisect.bisect_left(self.insert_bounds, (row_id, 0))
@@ -850,6 +941,25 @@ class JobRunner:
         return out
 
     def _store_quarantine(self, conn: Any, rows: list[_Q], now: dt.datetime) -> None:
+        if self.replaying is not None:
+            # Still bad after a replay: the same quarantine row, with its new reason.
+            q_table = QuarantineRow.__table__
+            conn.execute(
+                update(q_table).where(q_table.c.id == bindparam("_id")),
+                [
+                    {
+                        "_id": self.replaying[id(q.row)].id,
+                        "stage": q.stage,
+                        "field": (q.field or None) and q.field[:100],
+                        "reason": q.reason[:40],
+                        "message": q.message,
+                        "attempts": self.replaying[id(q.row)].attempts + 1,
+                        "updated_at": now,
+                    }
+                    for q in rows
+                ],
+            )
+            return
         seal = self.site.protector.seal
         values = []
         for q in rows:

@@ -7,6 +7,7 @@ import click
 
 def BUILTIN() -> list[click.Command]:  # noqa: N802 - reads as a constant at the call site
     from . import audit, db, ids, init, keys, mappings, plugins_cmd
+    from . import quarantine, scheduler
     from . import sync as sync_cmd
 
     return [
@@ -17,5 +18,7 @@ def BUILTIN() -> list[click.Command]:  # noqa: N802 - reads as a constant at the
         plugins_cmd.plugins_command,
         audit.audit_group,
         sync_cmd.sync_command,
+        quarantine.quarantine_group,
+        scheduler.scheduler_command,
         mappings.mappings_group,
     ]
