@@ -8,6 +8,8 @@ import click
 def BUILTIN() -> list[click.Command]:  # noqa: N802 - reads as a constant at the call site
     from . import audit, db, ids, init, keys, mappings, plugins_cmd
     from . import quarantine, scheduler
+    from . import request as request_cmd
+    from . import serve
     from . import sync as sync_cmd
 
     return [
@@ -21,4 +23,7 @@ def BUILTIN() -> list[click.Command]:  # noqa: N802 - reads as a constant at the
         quarantine.quarantine_group,
         scheduler.scheduler_command,
         mappings.mappings_group,
+        serve.serve_command,
+        request_cmd.request_command,
+        request_cmd.open_command,
     ]

@@ -19,6 +19,7 @@ about (found or not: asking is itself an exchange about that person).
 from __future__ import annotations
 
 import datetime as dt
+import re
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -27,7 +28,6 @@ from sqlalchemy import and_, bindparam, false, or_, select
 
 from .. import audit, ids
 from ..crypto import key_id_of
-from ..errors import GatewayError
 from ..policy import area_allowed
 from ..schemas import DATASETS, scrub
 from ..store.records import DATASET_MODELS
@@ -58,6 +58,8 @@ bp = Blueprint("datasets", __name__, url_prefix="/api/v1/datasets")
 
 IN_CHUNK = 1000  # subject keys per IN (...)
 SUBJECT_KEYS = frozenset({"id_number", "id_type", "subject_key"})
+# "<blind_index key id>:<hex HMAC>" (SHA-256 and SM3 both give 64 hex digits)
+_SUBJECT_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}:[0-9a-f]{64}$")
 
 
 # -- shared steps -----------------------------------------------------------------------------------
@@ -135,10 +137,9 @@ def _subject_candidates(raw: Any) -> tuple[list[str], str | None]:
         return protector.blind_indexes(material), None
     if not isinstance(key, str) or "id_type" in raw:
         return [], "bad_type: subject_key is text, without id_type"
-    try:
-        key_id = key_id_of(key)
-    except GatewayError:
+    if not _SUBJECT_KEY.match(key):
         return [], "unknown_subject_key: not a subject key of this gateway"
+    key_id = key_id_of(key)
     keyring = current_site().keyring
     if key_id not in keyring or keyring.get(key_id).purpose != "blind_index":
         return [], "unknown_subject_key: not a subject key of this gateway"
