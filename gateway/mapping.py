@@ -442,7 +442,11 @@ def _compile_transform(
         raise _Unusable(f"unknown transform {name!r} (known: {', '.join(sorted(registry))})")
     params = dict(params)
     compiler = getattr(impl, "compile", None)
-    plain_sig = None if callable(compiler) else inspect.signature(impl)
+    plain_sig: inspect.Signature | None = None
+    if not callable(compiler):
+        # Some callables (builtins such as str.upper) have no signature to inspect: call them plainly.
+        with contextlib.suppress(TypeError, ValueError):
+            plain_sig = inspect.signature(impl)
     if arg is not None:
         shorthand = getattr(impl, "shorthand", None)
         if shorthand is None and plain_sig is not None:
@@ -463,12 +467,12 @@ def _compile_transform(
             raise _Unusable(f"transform {name!r}: {exc}") from None
         return (fn, bool(getattr(impl, "context", False))), accepts_none
     # A plain third-party function: fn(value, **params), maybe with keyword-only native/record.
-    assert plain_sig is not None
-    wants = [n for n in ("native", "record") if n in plain_sig.parameters]
-    try:
-        plain_sig.bind(None, **params, **dict.fromkeys(wants))
-    except TypeError as exc:
-        raise _Unusable(f"transform {name!r}: {exc}") from None
+    wants = [n for n in ("native", "record") if plain_sig is not None and n in plain_sig.parameters]
+    if plain_sig is not None:
+        try:
+            plain_sig.bind(None, **params, **dict.fromkeys(wants))
+        except TypeError as exc:
+            raise _Unusable(f"transform {name!r}: {exc}") from None
     return (_wrap_plain(name, impl, params, wants), bool(wants)), accepts_none
 
 

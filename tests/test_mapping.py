@@ -281,18 +281,19 @@ def test_plugin_transform_plain_function_with_record(tmp_path: Path) -> None:
     def explode(value: Any) -> Any:
         raise RuntimeError(f"boom on {value}")
 
-    transforms = {**T, "school_prefix": school_prefix, "explode": explode}
+    transforms = {**T, "school_prefix": school_prefix, "explode": explode, "shout": str.upper}
     mapper = load(
         write(
             tmp_path,
             STUDENTS
             + '[fields.school_code]\nfrom = "校"\ntransforms = ["school_prefix:S-"]\n'
-            + '[fields.class_name]\nfrom = "班"\ntransforms = ["explode"]\n',
+            + '[fields.class_name]\nfrom = "班"\ntransforms = ["explode"]\n'
+            + '[fields.transfer_to]\nfrom = "转入"\ntransforms = ["shout"]\n',
         ),
         transforms=transforms,
     )
-    rec, errors = mapper.map_row(row(校="42", 班=CHILD))
-    assert rec["school_code"] == "S-42" and seen == ["enrolled"]
+    rec, errors = mapper.map_row(row(校="42", 班=CHILD, 转入="abc"))
+    assert rec["school_code"] == "S-42" and seen == ["enrolled"] and rec["transfer_to"] == "ABC"
     assert [(e.field, e.code) for e in errors] == [("class_name", "transform_failed")]
     assert CHILD not in errors[0].message and ids.mask(CHILD) in errors[0].message
 
