@@ -23,10 +23,11 @@ from gateway.errors import ConfigError, SourceError
 CHUNK = 1 << 18  # bytes per read when hashing and checking a file's encoding
 _MAGIC = set("*?[")
 
-# Where a file reader is inside one file, after the item it just produced (JSON-serialisable).
+# Where a file reader is inside one file, as it goes into the cursor (JSON-serialisable).
 Where = dict[str, Any]
-# (Row or None for a record that carries no data, e.g. a blank line; where after it)
-Item = tuple[Row | None, Where]
+# (Row, or None for a record that carries no data such as a blank line; a mark of the reader's
+# place after it). The mark is turned into a Where only when a batch ends: per row it stays cheap.
+Item = tuple[Row | None, Any]
 
 
 def is_glob(pattern: str) -> bool:
@@ -107,12 +108,13 @@ def read_files(
     batch_size: int,
     file_digest: Callable[[Path], str],
     file_items: Callable[[Path, Where | None], Iterator[Item]],
+    where_of: Callable[[Any], Where],
 ) -> Iterator[Batch]:
     """Batches over every file not read yet, resuming inside the file the cursor names.
 
     ``file_items(path, resume)`` yields a file's rows each with its position inside the file;
-    ``resume`` is the cursor's position when this is the file the cursor names. A batch's cursor
-    is the position after its last row. The last batch (possibly empty, when only files without
+    ``resume`` is the cursor's position when this is the file the cursor names; ``where_of``
+    turns a reader's mark into that position. A batch's cursor is the position after its last row. The last batch (possibly empty, when only files without
     rows were finished) records every finished file as done.
     """
     if batch_size < 1:
@@ -124,23 +126,23 @@ def read_files(
     resume_file = cursor.get("file")
     resume_where = {k: v for k, v in cursor.items() if k not in ("done", "file")}
     batch: list[Row] = []
-    current: str | None = None
-    where: Where = {}
+    append = batch.append
     for path in files:
         sha = file_digest(path)
         if sha in seen:
             continue  # fully read before (or the same content twice in this folder)
-        current, where = sha, {}
+        mark: Any = None  # None: the start of this file
         for row, after in file_items(path, resume_where if sha == resume_file else None):
             if len(batch) >= batch_size:
-                yield Batch(batch, {"done": list(done), "file": current, **where})
+                where = where_of(mark) if mark is not None else {}
+                yield Batch(batch, {"done": list(done), "file": sha, **where})
                 batch = []
+                append = batch.append
             if row is not None:
-                batch.append(row)
-            where = after
+                append(row)
+            mark = after
         done.append(sha)
         seen.add(sha)
-        current, where = None, {}
     if batch or len(done) > started_with:
         yield Batch(batch, {"done": done, "file": None})
 

@@ -93,7 +93,7 @@ class CsvConnector(Connector):
         def file_items(path: Path, resume: _files.Where | None) -> Iterator[_files.Item]:
             return self._rows(path, encodings[path], int((resume or {}).get("row", 0)))
 
-        yield from _files.read_files(files, cursor, batch_size, file_digest, file_items)
+        yield from _files.read_files(files, cursor, batch_size, file_digest, file_items, _row_where)
 
     def _name(self, path: Path) -> str:
         return _files.display(path, self.base_dir)
@@ -169,14 +169,11 @@ class CsvConnector(Connector):
                     last_line = reader.line_num
                     consumed += 1
                     if len(fields) == width and any(fields):
-                        yield (
-                            Row(f"{name}:{line}", dict(zip(header, fields, strict=True))),
-                            {"row": consumed},
-                        )
+                        yield Row(f"{name}:{line}", dict(zip(header, fields))), consumed  # noqa: B905 - same length
                     elif not "".join(fields).strip():
-                        yield None, {"row": consumed}  # a blank line (or only delimiters): no data
+                        yield None, consumed  # a blank line (or only delimiters): no data
                     else:
-                        yield self._misshapen(f"{name}:{line}", header, fields), {"row": consumed}
+                        yield self._misshapen(f"{name}:{line}", header, fields), consumed
             except csv.Error as exc:
                 raise SourceError(
                     system, f"{name}:{reader.line_num}", f"malformed CSV: {exc}"
@@ -317,6 +314,10 @@ class CsvConnector(Connector):
                         f"{name}:{line}",
                         f"the value of {column!r} has characters that {encoding} cannot encode",
                     ) from None
+
+
+def _row_where(consumed: int) -> _files.Where:
+    return {"row": consumed}  # records read after the header (blank ones too)
 
 
 class _Merge:

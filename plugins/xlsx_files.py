@@ -111,6 +111,7 @@ class XlsxConnector(Connector):
             batch_size,
             lambda path: _files.digest(path, self.context),
             self._file_rows,
+            lambda mark: {"sheet": mark[0], "row": mark[1]},
         )
 
     def _name(self, path: Path) -> str:
@@ -168,7 +169,7 @@ class XlsxConnector(Connector):
             ]
             start = max(header_at, after) + 1
             for number, cells in enumerate(ws.iter_rows(min_row=start, values_only=True), start):
-                progress = {"sheet": sheet, "row": number}
+                progress = (sheet, number)
                 if not any(cells) and all(v is None or v == "" for v in cells):
                     yield None, progress
                     continue
