@@ -12,11 +12,13 @@ from __future__ import annotations
 import glob
 import hashlib
 import os
+import re
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from gateway import ids
 from gateway.connectors import Batch, ConnectorContext, Row
 from gateway.errors import ConfigError, SourceError
 
@@ -28,6 +30,16 @@ Where = dict[str, Any]
 # (Row, or None for a record that carries no data such as a blank line; a mark of the reader's
 # place after it). The mark is turned into a Where only when a batch ends: per row it stays cheap.
 Item = tuple[Row | None, Any]
+
+
+# 15 or more digits (an ID number, a 15-digit legacy one, or what Excel left of one).
+_ID_LIKE = re.compile(r"\d{14,}[\dXx]")
+
+
+def scrub(text: str) -> str:
+    """A library's error message with anything that looks like an ID number masked: parsers
+    quote the offending value, and errors must never carry an ID in the clear."""
+    return _ID_LIKE.sub(lambda m: ids.mask(m.group()), text)
 
 
 def is_glob(pattern: str) -> bool:

@@ -176,7 +176,7 @@ class CsvConnector(Connector):
                         yield self._misshapen(f"{name}:{line}", header, fields), consumed
             except csv.Error as exc:
                 raise SourceError(
-                    system, f"{name}:{reader.line_num}", f"malformed CSV: {exc}"
+                    system, f"{name}:{reader.line_num}", f"malformed CSV: {_files.scrub(str(exc))}"
                 ) from None
             except UnicodeDecodeError as exc:  # the file changed after it was checked
                 raise SourceError(
@@ -288,7 +288,7 @@ class CsvConnector(Connector):
                 yield from csv.reader(f, delimiter=self.delimiter, quotechar=self.quotechar)
         except csv.Error as exc:
             raise SourceError(
-                self.context.system, self._name(path), f"malformed CSV: {exc}"
+                self.context.system, self._name(path), f"malformed CSV: {_files.scrub(str(exc))}"
             ) from None
         except OSError as exc:
             raise _files.unreadable(path, self.context, exc) from None

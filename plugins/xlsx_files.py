@@ -516,7 +516,7 @@ def _comparable(value: Any) -> Any:
 
 def _cause(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
-    return f"{exc.__class__.__name__}: {text[0]}" if text else exc.__class__.__name__
+    return _files.scrub(f"{exc.__class__.__name__}: {text[0]}") if text else exc.__class__.__name__
 
 
 @hookimpl

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from gateway_plugins import _files
 from gateway_plugins.csv_files import CsvConnector
 
 from gateway.connectors import ConnectorContext
@@ -452,3 +453,11 @@ def test_writing_to_a_glob_or_without_a_key_is_a_config_error(tmp_path: Path) ->
         connector(tmp_path, "x.csv").write([{"id": "1"}], [])
     with pytest.raises(SourceError, match="row 1 to write has no key field 'id'"):
         connector(tmp_path, "x.csv").write([{"name": "1"}], ["id"])
+
+
+def test_library_messages_are_scrubbed_of_id_numbers() -> None:
+    message = "could not convert string to float: '11010519491231002X' (legacy 110105491231002)"
+    assert (
+        _files.scrub(message)
+        == "could not convert string to float: '110105********002X' (legacy 110105*****1002)"
+    )
