@@ -662,9 +662,7 @@ class _Sink:
             return "fifteen"
         return kind
 
-    def write(
-        self, values: list[Any], kind: str | None, gt: GroundTruth, *, dup_ok: bool = True
-    ) -> bool:
+    def write(self, values: list[Any], kind: str | None, gt: GroundTruth) -> bool:
         """Write one row whose ID was rendered with ``kind``; True if the row is valid."""
         pos = self.export.append(values)
         self.index += 1
@@ -686,7 +684,7 @@ class _Sink:
             self.counts.rows_valid += 1
             if kind:
                 self.counts.messy_valid[kind] = self.counts.messy_valid.get(kind, 0) + 1
-            elif dup_ok and self.plan.take_duplicate(self.index):
+            elif self.plan.take_duplicate(self.index):
                 # the copy lands a few rows later, as when a sheet was pasted twice
                 self._pending.append((self.index + 1 + self.index % 7, list(values), pos))
         self._flush(gt, self.index)
@@ -1150,14 +1148,10 @@ class _CountyGenerator:
             return hh.adults
         rng = self.rng
         oldest = min((m.birth for m in hh.members), default=self.cutoff)
-        adults: list[_Person] = []
-        if hh.kind == "grandparent":
-            gap = rng.randint(42, 58)
-            births = [oldest.replace(year=oldest.year - gap, month=1, day=1)]
-        else:
-            gap = rng.randint(20, 33)
-            births = [oldest.replace(year=oldest.year - gap, month=1, day=1)]
-        head_birth = births[0] + timedelta(days=rng.randrange(365))
+        # the head is a parent 20-33 years older than the eldest child, or a grandparent 42-58
+        gap = rng.randint(42, 58) if hh.kind == "grandparent" else rng.randint(20, 33)
+        head_year = date(oldest.year - gap, 1, 1)
+        head_birth = head_year + timedelta(days=rng.randrange(365))
         spouse_birth = head_birth + timedelta(days=rng.randint(-4 * 365, 2 * 365))
         head = self._person(
             head_birth, "1", hh.surname, hh.township, hh.village, hh.township.code12
@@ -1203,8 +1197,13 @@ class _CountyGenerator:
             for a in self._adults(hh):
                 if a.birth.year < 1999 and rng.random() < 0.5:
                     a.legacy15 = True
-        needs_adults = in_registry or rng.random() < 0.06  # 0.06: adults with a disability cert
-        adults = self._adults(hh) if needs_adults else []
+        if in_registry:
+            adults = self._adults(hh)
+        elif rng.random() < 0.04:  # a parent with a disability certificate, in no other registry
+            adults = self._adults(hh)
+            adults[0].disability = adults[0].disability or self._disability()
+        else:
+            adults = []
         members = adults + kids
 
         for c in kids:

@@ -109,7 +109,8 @@ class XlsxExport:
         if self._sheet_row >= self.max_rows:
             self._save()
             self._open()
-        self._ws.append(list(values))
+        # an empty cell is no cell at all in the sheet XML, as Excel writes it (and faster)
+        self._ws.append([None if v == "" else v for v in values])
         self._sheet_row += 1
         self.rows += 1
         return Position(self.files[-1], self.sheet_name, self._sheet_row)
