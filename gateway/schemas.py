@@ -164,12 +164,22 @@ class ResidentSchema(_Canonical):
     address = _f(fields.String, "住址", sensitivity="personal", max_length=400)
 
 
+class AidGrantedSchema(_Canonical):
+    """Aid actually granted to a student (两免一补, 营养改善计划, 助学金 ...), for the aid-gap list:
+    the table ``aid_granted`` (gateway.store.matches.AidGranted)."""
+
+    program = _f(fields.String, "资助项目", required=True, max_length=64)
+    granted_on = _f(fields.Date, "发放日期")
+    amount = _f(fields.Integer, "发放金额 (元)", strict=True)
+
+
 DATASET_SCHEMAS: dict[str, type[Schema]] = {
     "students": StudentSchema,
     "poverty": PovertySchema,
     "disability": DisabilitySchema,
     "assistance": AssistanceSchema,
     "residents": ResidentSchema,
+    "aid_granted": AidGrantedSchema,
 }
 DATASETS = tuple(DATASET_SCHEMAS)
 # Fields a mapping never produces: computed later by the protect step.

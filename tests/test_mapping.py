@@ -793,7 +793,14 @@ def test_messages_never_hold_an_id() -> None:
 
 def test_dataset_descriptions_carry_labels_and_classes() -> None:
     described = describe_datasets()
-    assert set(described) == {"students", "poverty", "disability", "assistance", "residents"}
+    assert set(described) == {
+        "students",
+        "poverty",
+        "disability",
+        "assistance",
+        "residents",
+        "aid_granted",
+    }
     status = next(f for f in described["students"] if f["field"] == "status")
     assert status["codes"]["suspected_dropout"] == "疑似辍学" and status["label"] == "学籍状态"
     cert = next(f for f in described["disability"] if f["field"] == "cert_no")
@@ -816,10 +823,13 @@ def test_dataset_descriptions_carry_labels_and_classes() -> None:
 
 def test_schema_fields_fit_the_store_columns() -> None:
     """Every canonical field has a column in the store table, and text fits the column's length."""
-    from gateway.schemas import dataset_fields
+    from gateway.schemas import DATASETS, dataset_fields
+    from gateway.store.matches import AidGranted
     from gateway.store.records import DATASET_MODELS
 
-    for dataset, model in DATASET_MODELS.items():
+    models = {**DATASET_MODELS, "aid_granted": AidGranted}
+    assert set(models) == set(DATASETS)
+    for dataset, model in models.items():
         columns = model.__table__.columns
         for info in dataset_fields(dataset).values():
             assert info.name in columns, f"{dataset}.{info.name}"

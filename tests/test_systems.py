@@ -609,3 +609,32 @@ def test_household_registry_csv_with_bom(pm: Any, tmp_path: Path) -> None:
     )
     assert head["id_number"] == ADULT and head["birth_date"] == dt.date(1970, 4, 5)
     assert mapper.sensitivity["address"] == "personal"
+
+
+# --- student_status: the student-aid centre's list of aid paid ------------------------------------------
+
+
+def test_aid_granted_list(pm: Any, tmp_path: Path) -> None:
+    mapper = load_for("student_status/aid_granted", pm)
+    header = ["身份证件号", "姓名", "资助项目", "发放日期"]
+    rows = [
+        [KID_A, "王小花", "义务教育家庭经济困难学生生活补助", "2024-10-15"],
+        [KID_A, "王小花", "营养改善计划膳食补助", "2024-10-15"],
+        [KID_B.lower(), "李小明", "残疾儿童少年助学金", "2024-11-02"],
+    ]
+    path = tmp_path / "资助发放名单.csv"
+    write_csv(path, header, rows, "utf-8-sig")
+    first, second, third = mapped(mapper, read_rows(pm, "csv", path))
+    assert (first["id_number"], first["program"], first["granted_on"]) == (
+        KID_A,
+        rows[0][2],
+        dt.date(2024, 10, 15),
+    )
+    assert (
+        third["id_number"] == KID_B
+        and third["birth_date"] == dt.date(2011, 3, 15)
+        and third["amount"] is None
+    )
+    # two programmes paid to one child on one day are two records
+    assert mapper.record_key_fields == ["subject_key", "program", "granted_on"]
+    assert mapper.record_key(first) != mapper.record_key(second)
