@@ -404,7 +404,7 @@ def test_third_party_distribution_installs_and_works(tmp_path: Path) -> None:
             line.split() for line in listed.stdout.splitlines() if line.startswith("memory ")
         )
         assert row[:3] == ["memory", "1.2.3", "gateway-memory-plugin"]
-        assert " ".join(row[3:]) == "connector memory, transform shout, command memory-hello"
+        assert " ".join(row[3:]) == "connector memory; transform shout; command memory-hello"
 
         hello = run_gateway("memory-hello", "县教育局", cwd=tmp_path)
         assert (hello.returncode, hello.stdout) == (

@@ -47,13 +47,17 @@ def plugins_command(ctx: click.Context, as_json: bool) -> None:
         return
     rows = [("PLUGIN", "VERSION", "DISTRIBUTION", "PROVIDES")]
     for info in infos:
-        provides = (
-            [f"connector {n}" for n in info.connectors]
-            + [f"system {n}" for n in info.systems]
-            + [f"transform {n}" for n in info.transforms]
-            + [f"command {n}" for n in info.commands]
+        provides = "; ".join(
+            f"{kind if len(names) == 1 else kind + 's'} {', '.join(names)}"
+            for kind, names in (
+                ("connector", info.connectors),
+                ("system", info.systems),
+                ("transform", info.transforms),
+                ("command", info.commands),
+            )
+            if names
         )
-        rows.append((info.name, info.version, info.distribution or "-", ", ".join(provides) or "-"))
+        rows.append((info.name, info.version, info.distribution or "-", provides or "-"))
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
     for row in rows:
         click.echo(
