@@ -84,10 +84,10 @@ def _load_entry_points(pm: GatewayPluginManager) -> None:
             ) from None
         try:
             pm.register(plugin, name=ep.name)
-        except pluggy.PluginValidationError as exc:
-            raise ConfigError(
-                f"plugins: plugin {ep.name!r} is invalid: {_first_line(exc)}"
-            ) from None
+        except (pluggy.PluginValidationError, ValueError) as exc:
+            # A hook implementation whose arguments the spec lacks, or one object registered
+            # under two entry-point names.
+            raise ConfigError(f"plugins: plugin {ep.name!r} is invalid: {_one_line(exc)}") from None
         if dist is not None:
             pm.distributions[ep.name] = dist
 
@@ -126,8 +126,9 @@ def _describe(dist: importlib.metadata.Distribution | None) -> str:
     return f"distribution {dist.metadata['Name']} {dist.version}"
 
 
-def _first_line(exc: BaseException) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+def _one_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return "; ".join(lines) or exc.__class__.__name__
 
 
 # --- what plugins contribute ------------------------------------------------------------------

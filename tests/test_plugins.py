@@ -158,6 +158,29 @@ def test_a_hook_with_no_spec_is_refused_naming_plugin_and_hook(
     assert run_gateway("plugins", cwd=tmp_path).returncode == 0
 
 
+def test_a_hook_implementation_with_arguments_the_spec_lacks_is_refused(
+    distribution: Callable[..., str],
+) -> None:
+    distribution(
+        "wrong-args",
+        """
+        from gateway.hookspecs import hookimpl
+
+        @hookimpl
+        def on_run_finished(run, extra):
+            pass
+        """,
+    )
+    with pytest.raises(ConfigError) as info:
+        get_plugin_manager()
+    message = str(info.value)
+    assert message.startswith(
+        "plugins: plugin 'wrong-args' is invalid: Plugin 'wrong-args' for hook 'on_run_finished'"
+    )
+    assert "{'extra'} are declared in the hookimpl but can not be found in the hookspec" in message
+    assert "\n" not in message
+
+
 def test_a_plugin_that_fails_to_import_is_named(distribution: Callable[..., str]) -> None:
     distribution("broken-plugin", "import no_such_module_anywhere\n")
     with pytest.raises(ConfigError) as info:
