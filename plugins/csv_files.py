@@ -121,27 +121,25 @@ class CsvConnector(Connector):
         except OSError as exc:
             raise _files.unreadable(path, self.context, exc) from None
         candidates = [enc for bom, enc in _BOMS if head.startswith(bom)][:1] or list(AUTO_ORDER)
-        check = _DecodeCheck(candidates[0])
-        sha = _files.digest(path, self.context, check)
-        chosen = candidates[0] if check.finish() else None
-        failures = {} if chosen else {candidates[0]: _failing_line(path, candidates[0])}
-        for enc in candidates[1:]:
-            if chosen:
-                break
-            again = _DecodeCheck(enc)
-            _files.digest(path, self.context, again)
-            if again.finish():
+        sha, chosen = "", None
+        for enc in candidates:
+            check = _DecodeCheck(enc)
+            digest = _files.digest(path, self.context, check)  # the same bytes each pass
+            sha = sha or digest
+            if check.finish():
                 chosen = enc
-            else:
-                failures[enc] = _failing_line(path, enc)
+                break
         if chosen is None:
+            # Only now, for the message: the line where each encoding failed.
             tried = ", ".join(
-                f"{enc} (line {line})" if line else enc for enc, line in failures.items()
+                f"{enc} (line {line})" if (line := _failing_line(path, enc)) else enc
+                for enc in candidates
             )
             raise SourceError(
                 self.context.system,
                 name,
-                f"cannot be decoded as {tried}{_guess(path)}; set `encoding` for this system if you know it",
+                f"cannot be decoded as {tried}{_guess(path)}; "
+                "set `encoding` for this system if you know it",
             )
         log.info("%s: %s read as %s", self.context.system, name, chosen)
         self.detected[name] = chosen
