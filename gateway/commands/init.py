@@ -12,20 +12,10 @@ from ..config import SUITES
 from ..errors import ConfigError
 
 
-def shipped_mappings() -> dict[str, Path]:
-    """``system/file.toml`` -> path of every default mapping the installed system plugins ship."""
-    from ..plugins import get_plugin_manager, systems
-
-    found: dict[str, Path] = {}
-    for spec in systems(get_plugin_manager()).values():
-        for path in spec.datasets.values():
-            found[f"{spec.name}/{Path(path).name}"] = Path(path)
-    return found
-
-
 def write_site(folder: Path, *, suite: str, site_name: str) -> list[Path]:
     """Create a new site in ``folder``; refuses to overwrite an existing config or keyring."""
     from ..crypto import Keyring
+    from ..mapping import builtin_mappings
     from ..site import Site
     from ..store import migrate
 
@@ -38,8 +28,8 @@ def write_site(folder: Path, *, suite: str, site_name: str) -> list[Path]:
     config_path.write_text(template.format(suite=suite, site_name=site_name), encoding="utf-8")
     Keyring.create(keyring_path, suite=suite)
     written = [config_path, keyring_path]
-    for relative, source in sorted(shipped_mappings().items()):
-        target = folder / "mappings" / relative
+    for spec, source in builtin_mappings():
+        target = folder / "mappings" / f"{spec}.toml"
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(source, target)
         written.append(target)
