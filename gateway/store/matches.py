@@ -40,7 +40,9 @@ class MatchRun(Base):
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     as_of: Mapped[dt.date] = mapped_column(Date, index=True)
-    period: Mapped[str] = mapped_column(String(7), index=True)  # "YYYY-MM" of as_of: the month reported
+    period: Mapped[str] = mapped_column(
+        String(7), index=True
+    )  # "YYYY-MM" of as_of: the month reported
     cutoff: Mapped[dt.date] = mapped_column(Date)  # the school year's age reference date
     youngest: Mapped[int] = mapped_column(SmallInteger)
     oldest: Mapped[int] = mapped_column(SmallInteger)
@@ -96,14 +98,15 @@ class MatchRow(Base):
     unsupported_child: Mapped[bool | None] = mapped_column(Boolean)
     assistance_source: Mapped[str | None] = mapped_column(String(64))
     assistance_date: Mapped[dt.datetime | None] = mapped_column(DateTime)
-    reason: Mapped[str | None] = mapped_column(String(24))  # home teaching: out_of_school | suspended
+    reason: Mapped[str | None] = mapped_column(
+        String(24)
+    )  # home teaching: out_of_school | suspended
 
     __table_args__ = (
-        # Lists by subject (monthly new/resolved), by township, by school; rosters join flags by record.
+        # By subject: the monthly new/resolved comparison; by township: the API's area filter.
+        # No more: every index is maintained for each of the hundreds of thousands of rows a run writes.
         Index("ix_match_rows_run_list_subject", "run_id", "list_name", "subject_key"),
         Index("ix_match_rows_run_list_area", "run_id", "list_name", "area_code"),
-        Index("ix_match_rows_run_list_school", "run_id", "list_name", "school_code"),
-        Index("ix_match_rows_run_list_record", "run_id", "list_name", "record_id"),
     )
 
 
@@ -114,7 +117,9 @@ class MatchCount(Base):
     run_id: Mapped[int] = mapped_column(BigInteger)
     list_name: Mapped[str] = mapped_column(String(32))
     scope: Mapped[str] = mapped_column(String(8))  # total | township | school
-    code: Mapped[str] = mapped_column(String(32))  # "" for the total and for rows with no area/school
+    code: Mapped[str] = mapped_column(
+        String(32)
+    )  # "" for the total and for rows with no area/school
     name: Mapped[str | None] = mapped_column(String(200))  # school name; NULL for townships
     count: Mapped[int] = mapped_column(Integer)  # distinct subjects on the list in this scope
     new: Mapped[int] = mapped_column(Integer)  # on the list now, not in the previous run's list
