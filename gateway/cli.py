@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         from .plugins import add_plugin_commands
 
-        add_plugin_commands(cli)
+        add_plugin_commands(cli, argv if argv is not None else sys.argv[1:])
     except GatewayError as exc:
         click.echo(f"warning: plugin commands not loaded: {exc}", err=True)
     cli.main(args=argv if argv is not None else sys.argv[1:], prog_name="gateway")

@@ -6,10 +6,10 @@ import datetime as dt
 
 import pytest
 import sqlalchemy as sa
+from gateway_plugins.sql_tables import SqlConnector
 
 from gateway.connectors import ConnectorContext
 from gateway.errors import ConfigError, SourceError, TransientSourceError
-from gateway_plugins.sql_tables import SqlConnector
 
 T0 = dt.datetime(2026, 11, 1, 8, 0, 0)
 
@@ -162,3 +162,69 @@ def test_configuration_errors() -> None:
         SqlConnector({"table": "t"}, ConnectorContext(system="poverty_registry"))
     with pytest.raises(ConfigError, match="exactly one of table, query"):
         connector("sqlite://", table="t", query="select 1")
+
+
+# --- the shared connector contract, on each real server --------------------------------------
+
+from tests.conformance import COLUMNS, SYSTEM, ConnectorContract  # noqa: E402
+
+
+def contract_table(metadata: sa.MetaData) -> sa.Table:
+    return sa.Table(
+        "contract",
+        metadata,
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+        sa.Column("姓名", sa.String(32)),
+        sa.Column("状态", sa.String(8)),
+        sa.Column("gxsj", sa.DateTime, nullable=False),
+    )
+
+
+class TestSqlContract(ConnectorContract):
+    """The contract over a department table with Chinese column names and a (gxsj, id) cursor."""
+
+    @pytest.fixture
+    def connector_factory(self, db_url: str):
+        engine = sa.create_engine(db_url)
+        contract_table(sa.MetaData()).create(engine, checkfirst=True)
+        engine.dispose()
+        options = {"url": db_url, "table": "contract", "cursor": ["gxsj", "id"]}
+        return lambda **overrides: SqlConnector(
+            {**options, **overrides}, ConnectorContext(system=SYSTEM)
+        )
+
+    @pytest.fixture
+    def seed(self, db_url: str):
+        def insert(rows: list[dict]) -> None:
+            engine = sa.create_engine(db_url)
+            table = contract_table(sa.MetaData())
+            table.create(engine, checkfirst=True)
+            with engine.begin() as conn:
+                if rows:
+                    conn.execute(table.insert(), [{c: r[c] for c in COLUMNS} for r in rows])
+            engine.dispose()
+
+        return insert
+
+    @pytest.fixture
+    def append(self, seed):
+        return seed
+
+    @pytest.fixture
+    def seed_with_bad_row(self):
+        def impossible(rows: list[dict]) -> str:
+            pytest.skip(
+                "a typed table cannot hold a malformed row; bad values are quarantined by the mapper"
+            )
+
+        return impossible
+
+    @pytest.fixture
+    def break_source(self, db_url: str):
+        def drop() -> None:
+            engine = sa.create_engine(db_url)
+            with engine.begin() as conn:
+                conn.exec_driver_sql("DROP TABLE contract")
+            engine.dispose()
+
+        return drop
