@@ -30,7 +30,7 @@ from .errors import ConfigError
 
 SUITES = ("aes-gcm+hmac-sha256", "sm4-gcm+hmac-sm3")
 CONNECTOR_NAMES_BUILTIN = ("sql", "csv", "xlsx", "http")
-DATASETS = ("students", "poverty", "disability", "assistance", "residents")
+DATASETS = ("students", "poverty", "disability", "assistance", "residents", "aid_granted")
 ID_RETURN = ("masked", "subject_key", "sealed")
 ROLES = ("department", "auditor", "admin")
 _NAME = validate.Regexp(
