@@ -48,12 +48,14 @@ def remember_nonce(session: Session, key_id: str, nonce: str, expires_at: dt.dat
         except IntegrityError:
             return False
         return True
-    result = session.execute(
+    # RETURNING, not rowcount: drivers disagree on rowcount for a skipped conflict.
+    inserted = session.execute(
         dialect_insert(NONCES)
         .values(values)
         .on_conflict_do_nothing(index_elements=["key_id", "nonce"])
-    )
-    return result.rowcount == 1
+        .returning(NONCES.c.nonce)
+    ).first()
+    return inserted is not None
 
 
 def purge_nonces(session: Session, now: dt.datetime) -> int:

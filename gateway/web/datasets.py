@@ -93,6 +93,17 @@ def _check_fields(dataset: str, requested: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(requested))
 
 
+def _authorized(
+    caller: Caller, dataset: str, purpose: str, requested: Sequence[str]
+) -> tuple[AllowRule, list[str]]:
+    """The rule and the fields to return. Dataset and purpose are checked before the field names,
+    so a department without access learns nothing about a dataset's fields."""
+    authorize_for(caller, dataset, purpose, ())
+    fields = _check_fields(dataset, requested)
+    rule = authorize_for(caller, dataset, purpose, fields)
+    return rule, fields or _default_fields(rule, dataset)
+
+
 def _default_fields(rule: AllowRule, dataset: str) -> list[str]:
     known = set(requestable_fields(dataset))
     return [f for f in rule.fields if f in known]
@@ -189,9 +200,7 @@ def lookup(dataset: str) -> Response:
             max_batch=max_batch,
         )
     req = load(LookupRequestSchema(), doc)
-    fields = _check_fields(dataset, req["fields_"])
-    rule = authorize_for(caller, dataset, req["purpose"], fields)
-    fields = fields or _default_fields(rule, dataset)
+    rule, fields = _authorized(caller, dataset, req["purpose"], req["fields_"])
     discloser = Discloser(site, dataset, caller.department, rule, fields)
 
     parsed = [_subject_candidates(s) for s in req["subjects"]]
@@ -276,9 +285,7 @@ def changes(dataset: str) -> Response:
     table = _table(dataset)
     q = query(ChangesQuerySchema())
     requested = [f.strip() for f in (q.get("fields_") or "").split(",") if f.strip()]
-    fields = _check_fields(dataset, requested)
-    rule = authorize_for(caller, dataset, q["purpose"], fields)
-    fields = fields or _default_fields(rule, dataset)
+    rule, fields = _authorized(caller, dataset, q["purpose"], requested)
     site = current_site()
     discloser = Discloser(site, dataset, caller.department, rule, fields)
     limit = q["limit"]
@@ -367,7 +374,8 @@ def push(dataset: str) -> Response:
     req = load(PushRequestSchema(), doc)
     records = req["records"]
     known = set(requestable_fields(dataset))
-    names = sorted({k for r in records for k in r if k in known})
+    # A field sent empty discloses nothing and needs no rule (null and absent store the same).
+    names = sorted({k for r in records for k, v in r.items() if k in known and v is not None})
     rule = authorize_for(caller, dataset, req["purpose"], names, write=True)
     outside = [
         i
