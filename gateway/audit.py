@@ -67,7 +67,7 @@ from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Select, and_, exists, func, insert, select, update
+from sqlalchemy import Connection, Select, and_, exists, func, insert, select, update
 from sqlalchemy import event as sa_event
 from sqlalchemy.orm import Session
 
@@ -373,34 +373,51 @@ class _Head:
     checkpoint_ts: dt.datetime | None
 
 
-def _lock_head(session: Session) -> _Head:
+_HEAD_COLS = (HEAD.c.seq, HEAD.c.hash, HEAD.c.ts, HEAD.c.checkpoint_seq, HEAD.c.checkpoint_ts)
+# Built once: constructing statements costs more than running them on SQLite.
+_LOCK_SQLITE = update(HEAD).where(HEAD.c.id == 1).values(seq=HEAD.c.seq).returning(*_HEAD_COLS)
+_LOCK_FOR_UPDATE = select(*_HEAD_COLS).where(HEAD.c.id == 1).with_for_update()
+_SET_HEAD = update(HEAD).where(HEAD.c.id == 1)
+_INSERT_ENTRIES = insert(ENTRIES)
+_INSERT_SUBJECTS = insert(SUBJECTS)
+
+
+def _create_head(conn: Connection) -> None:
+    values = {
+        "id": 1,
+        "seq": 0,
+        "hash": GENESIS,
+        "ts": None,
+        "checkpoint_seq": 0,
+        "checkpoint_ts": None,
+    }
+    if conn.dialect.name in ("postgresql", "sqlite"):
+        if conn.dialect.name == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert as dialect_insert
+        else:
+            from sqlalchemy.dialects.sqlite import insert as dialect_insert
+        # Two first appenders at once: one creates the row, the other waits and finds it.
+        conn.execute(
+            dialect_insert(HEAD).values(**values).on_conflict_do_nothing(index_elements=["id"])
+        )
+    else:
+        conn.execute(insert(HEAD).values(**values))
+
+
+def _lock_head(session: Session | Connection) -> _Head:
     """Lock the chain head for this transaction (creating it on first use) and read it.
 
-    The lock is the database's: ``INSERT .. ON CONFLICT DO NOTHING`` is a write, so on SQLite it
-    takes the database write lock (waiting up to busy_timeout) before anything is read; on PostgreSQL
-    ``SELECT .. FOR UPDATE`` then holds the row until commit. Appenders in any thread or process
-    therefore see the head left by the previous one.
+    The lock is the database's, held until commit: on SQLite an ``UPDATE .. RETURNING`` of the
+    head row is a write, so it takes the database write lock (waiting up to busy_timeout) before
+    anything is read; elsewhere ``SELECT .. FOR UPDATE`` locks the row. Appenders in any thread or
+    process therefore always start from the head the previous one left.
     """
-    dialect = session.get_bind().dialect.name
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as dialect_insert
-    elif dialect == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert as dialect_insert
-    else:
-        dialect_insert = None
-    if dialect_insert is not None:
-        session.execute(
-            dialect_insert(HEAD)
-            .values(id=1, seq=0, hash=GENESIS, ts=None, checkpoint_seq=0, checkpoint_ts=None)
-            .on_conflict_do_nothing(index_elements=["id"])
-        )
-    stmt = select(
-        HEAD.c.seq, HEAD.c.hash, HEAD.c.ts, HEAD.c.checkpoint_seq, HEAD.c.checkpoint_ts
-    ).where(HEAD.c.id == 1)
-    row = session.execute(stmt.with_for_update()).first()
-    if row is None:  # other dialects: create it, then lock it
-        session.execute(insert(HEAD).values(id=1, seq=0, hash=GENESIS, checkpoint_seq=0))
-        row = session.execute(stmt.with_for_update()).one()
+    conn = session.connection() if isinstance(session, Session) else session
+    stmt = _LOCK_SQLITE if conn.dialect.name == "sqlite" else _LOCK_FOR_UPDATE
+    row = conn.execute(stmt).first()
+    if row is None:
+        _create_head(conn)
+        row = conn.execute(stmt).one()
     return _Head(row.seq, row.hash, row.ts, row.checkpoint_seq or 0, row.checkpoint_ts)
 
 
@@ -439,15 +456,17 @@ def _append(
         )
         subjects.extend({"entry_seq": seq, "subject_key": key} for key in ev.subject_keys)
         prev = digest
-    session.execute(insert(ENTRIES), rows)
+    # Core statements on the session's connection: the ORM adds nothing here but overhead.
+    conn = session.connection()
+    conn.execute(_INSERT_ENTRIES, rows)
     if subjects:
-        session.execute(insert(SUBJECTS), subjects)
+        conn.execute(_INSERT_SUBJECTS, subjects)
     values: dict[str, Any] = {"seq": seq, "hash": prev, "ts": when}
     if site is not None and _checkpoint_due(site, head, seq, now):
         cp = _sign_checkpoint(session, site, seq, prev, now)
         if cp is not None:
             values.update(checkpoint_seq=seq, checkpoint_ts=now)
-    session.execute(update(HEAD).where(HEAD.c.id == 1).values(**values))
+    conn.execute(_SET_HEAD, values)
     return [r["seq"] for r in rows]
 
 

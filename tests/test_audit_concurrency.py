@@ -96,7 +96,7 @@ def test_appends_from_several_processes_keep_one_chain(make_site, tmp_path: Path
     with site.engine.connect() as conn:
         cps = conn.execute(select(CHECKPOINTS.c.seq).order_by(CHECKPOINTS.c.seq)).scalars().all()
     gaps = [b - a for a, b in zip(cps, cps[1:], strict=False)]
-    assert cps[0] == 1 and len(cps) >= 5 and min(gaps) >= 17
+    assert len(cps) >= 5 and min(gaps) >= 17  # the first one signs whatever batch came first
 
 
 def test_appends_from_threads_of_one_process(make_site) -> None:
