@@ -443,7 +443,15 @@ class JobRunner:
     # ---- start ----------------------------------------------------------------------------
 
     def _start(self, connector: Connector) -> None:
+        from .reindex import stale_rows
+
         s = self.summary
+        if stale_rows(self.site, self.job.dataset, self.job.source):
+            # Diffing by record keys under the new key would store every person twice.
+            raise ConfigError(
+                f"jobs.{self.job.name}: stored {self.job.dataset} rows of {self.job.source} are indexed "
+                "under an older blind_index key: run `gateway keys reindex` first (it runs online)"
+            )
         total = getattr(connector, "estimate_rows", None)
         with contextlib.suppress(Exception):  # an estimate is a nicety, never a failure
             s.total = total() if callable(total) else None
