@@ -77,6 +77,7 @@ PAGE_SIZES = (10, 25, 50, 100, 200)
 DEFAULT_PAGE_SIZE = 50
 KEYS_SHOWN = 200  # subject keys listed on an entry's page (an entry may touch thousands)
 RUNS_SHOWN = 50
+AUDIT_ACCESS_PREFIXES = ("review.", "audit.")
 MATCH_RUNS_SHOWN = 24
 
 # The same rule as the audit log's refusal of ID numbers: 15+ digits, or 17 digits and X, not
@@ -710,11 +711,15 @@ def person() -> Any:
     report = audit.subject_report(site, subject_keys=keys)
     # Asking who saw a person's data is itself an access to it: audited before it is shown.
     _audit("review.view", subject_keys=keys, detail={"page": "person", "entries": len(report)})
+    # Auditors' own look-ups (review.*, audit.*) are listed too, but are not exchanges.
+    exchanges = [r for r in report if not r["action"].startswith(AUDIT_ACCESS_PREFIXES)]
     context.update(
         report=report,
         masked=checked.masked or "***",
         converted=checked.converted,
-        recipients=sorted({r["recipient"] for r in report if r["action"] != "review.view"}),
+        exchanges=len(exchanges),
+        audit_views=len(report) - len(exchanges),
+        recipients=sorted({r["recipient"] for r in exchanges}),
     )
     return render_template("review/person.html", **context)
 
@@ -737,6 +742,10 @@ def runs() -> Any:
         sync_runs=sync_runs,
         match_runs=match_runs,
         list_titles={name: spec.title for name, spec in LISTS.items()},
+        # The lists in the order match.LISTS gives them (the order staff know), unknown ones last.
+        list_order=lambda counts: (
+            [n for n in LISTS if n in counts] + sorted(n for n in counts if n not in LISTS)
+        ),
         jobs=jobs,
         job=job or "",
         versions=_plugin_versions,
