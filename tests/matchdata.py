@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import itertools
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 from typing import Any
 
@@ -304,3 +304,267 @@ class MatchData:
             return conn.execute(
                 sa.update(table).where(table.c.subject_key == self.key(label)).values(status=status)
             ).rowcount
+
+
+# ---------------------------------------------------------------------------------------------
+# The ground-truth county the match tests share
+
+AS_OF = dt.date(2025, 3, 15)  # school year 2024-25: ages at 2024-08-31
+T1, T2, T3 = "110105001", "110105002", "110106003"
+D = dt.date
+
+
+def build_county(b: MatchData) -> None:
+    """The ground-truth county. Labels: f_ flags, o_ out of school, s_ suspended, t_ transfers,
+    b_ age boundary, n_ non-resident documents, e_ nothing to report."""
+    p, st = b.person, b.student
+    # -- flags --------------------------------------------------------------------------------
+    p("f_lifted", D(2012, 5, 1))
+    st("f_lifted", school="S001")
+    b.poverty("f_lifted", "lifted", source_updated_at=dt.datetime(2025, 2, 1, 10, 0))
+    b.aid("f_lifted", granted_on=D(2024, 10, 1))
+
+    p("f_monitor", D(2013, 6, 1))
+    st("f_monitor", school="S002")
+    b.poverty("f_monitor", "marginal", household="H2")
+    b.poverty("f_monitor", "hardship", household="H3")  # a duplicate in another household
+
+    p("f_id15", D(1995, 3, 4), area=T2)  # an adult learner: only 19xx births had 15-digit IDs
+    st("f_id15", school="S003", form="18")
+    b.poverty("f_id15", "lifted", form="15")
+    b.aid("f_id15", granted_on=D(2024, 9, 10), form="15")
+
+    p("f_lowerx", D(2011, 2, 3), check_x=True)
+    st("f_lowerx", school="S001", form="18")
+    b.disability("f_lowerx", 2, 3, form="lower")
+    b.aid("f_lowerx", granted_on=D(2024, 9, 10))
+
+    p("f_spaced", D(2012, 7, 7))
+    st("f_spaced", school="S001", form="spaced")
+    b.assistance("f_spaced", "dibao")
+    b.aid("f_spaced", granted_on=D(2024, 9, 10))
+
+    p("f_dis2", D(2012, 8, 8))
+    st("f_dis2", school="S002")
+    b.disability("f_dis2", 4, 3)
+    b.disability("f_dis2", 1, 2)  # the most severe valid certificate wins
+    b.disability("f_dis2", 6, 1, valid_until=D(2025, 1, 1))  # expired: ignored
+    b.aid("f_dis2", granted_on=D(2025, 3, 15))
+
+    p("f_dis_today", D(2012, 9, 9))
+    st("f_dis_today", school="S002")
+    b.disability("f_dis_today", 3, 4, valid_until=AS_OF)  # valid through as_of
+    b.aid("f_dis_today", granted_on=D(2024, 9, 1))
+
+    p("f_dis_expired", D(2012, 10, 10))
+    st("f_dis_expired", school="S002")
+    b.disability("f_dis_expired", 3, 4, valid_until=D(2025, 3, 14))
+
+    p("f_dibao_ended", D(2012, 11, 11))
+    st("f_dibao_ended", school="S001")
+    b.assistance("f_dibao_ended", "dibao", end=D(2025, 3, 14))
+
+    p("f_dibao_endtoday", D(2012, 11, 12))
+    st("f_dibao_endtoday", school="S001")
+    b.assistance("f_dibao_endtoday", "dibao", end=AS_OF)
+    b.aid("f_dibao_endtoday", granted_on=D(2024, 9, 1))
+
+    p("f_dibao_stopped", D(2012, 11, 13))
+    st("f_dibao_stopped", school="S001")
+    b.assistance("f_dibao_stopped", "dibao", active=False)
+
+    p("f_dibao_future", D(2012, 11, 14))
+    st("f_dibao_future", school="S001")
+    b.assistance("f_dibao_future", "dibao", start=D(2025, 4, 1))
+
+    p("f_temporary", D(2012, 11, 15))
+    st("f_temporary", school="S001")
+    b.assistance("f_temporary", "temporary")
+
+    p("f_tekun_orphan", D(2010, 1, 2))
+    st("f_tekun_orphan", school="S002")
+    b.assistance("f_tekun_orphan", "tekun")
+    b.assistance("f_tekun_orphan", "orphan")
+    b.aid("f_tekun_orphan", granted_on=D(2024, 11, 1))
+
+    p("f_unsupported", D(2010, 1, 3))
+    st("f_unsupported", school="S002")
+    b.assistance("f_unsupported", "unsupported_child")
+    b.aid("f_unsupported", granted_on=D(2024, 6, 1))  # last school year: a gap now
+
+    p("f_aid_other", D(2010, 1, 4))
+    st("f_aid_other", school="S003")
+    b.poverty("f_aid_other")
+    b.aid("f_aid_other", granted_on=D(2024, 10, 1), source="another_system")
+
+    p("f_aid_removed", D(2010, 1, 5))
+    st("f_aid_removed", school="S003")
+    b.poverty("f_aid_removed")
+    b.aid("f_aid_removed", granted_on=D(2024, 10, 1), removed=True)
+
+    p("f_removed_pov", D(2010, 1, 6))
+    st("f_removed_pov", school="S003")
+    b.poverty("f_removed_pov", removed=True)
+
+    p("f_removed_student", D(2013, 1, 7))
+    st("f_removed_student", school="S003", removed=True)
+    b.poverty("f_removed_student")
+    b.resident("f_removed_student")
+
+    p("f_graduated", D(2009, 1, 1))  # 15 at the cut-off, finished junior middle school
+    st("f_graduated", "graduated", school="S003")
+    b.poverty("f_graduated")
+
+    p("f_deceased", D(2014, 1, 8))
+    st("f_deceased", "deceased", school="S003")
+    b.poverty("f_deceased")
+
+    p("f_hk", D(2013, 4, 4), id_type="6", number="H12345678")
+    st("f_hk", school="S001")
+    b.poverty("f_hk")
+    b.aid("f_hk", granted_on=D(2024, 10, 1))
+
+    p("f_transfer_both", D(2011, 5, 5))
+    st("f_transfer_both", "transferred_out", school="S001")  # no destination, but found at S002
+    st("f_transfer_both", "enrolled", school="S002")
+    b.poverty("f_transfer_both")
+
+    # -- out of school, suspended ---------------------------------------------------------------
+    p("o_none_multi", D(2015, 5, 5), area=T2, village="二村")
+    b.poverty("o_none_multi", area=T3, village="三村")
+    b.poverty("o_none_multi", household="H9", area=T3, village="三村")
+    b.resident("o_none_multi")  # 户籍 decides where the child is listed
+    b.assistance("o_none_multi", "dibao", area=T3)
+
+    p("o_pov_only", D(2016, 1, 1), area=T3, village="三村")
+    b.poverty("o_pov_only")
+
+    p("o_dropout", D(2011, 3, 3))
+    st("o_dropout", "dropout", school="S001")
+    b.resident("o_dropout")
+
+    p("o_suspected", D(2011, 3, 4))
+    st("o_suspected", "suspected_dropout", school="S002")
+    b.poverty("o_suspected")
+
+    p("o_disabled", D(2014, 6, 6))
+    b.disability("o_disabled", 5, 1)
+    b.resident("o_disabled")
+
+    p("o_disabled_expired", D(2014, 6, 7))
+    b.disability("o_disabled_expired", 5, 1, valid_until=D(2024, 12, 31))
+    b.resident("o_disabled_expired")
+
+    p("s_suspended", D(2012, 2, 2))
+    st("s_suspended", "suspended", school="S003")
+    b.resident("s_suspended")
+
+    p("s_suspended_dis", D(2012, 2, 3))
+    st("s_suspended_dis", "suspended", school="S003")
+    b.disability("s_suspended_dis", 7, 2)
+
+    p("s_adult_suspended_dis", D(2000, 2, 4))  # 24: not of compulsory age, still home-taught
+    st("s_adult_suspended_dis", "suspended", school="S003")
+    b.disability("s_adult_suspended_dis", 4, 1)
+
+    p("s_susp_enrolled_elsewhere", D(2012, 2, 5))
+    st("s_susp_enrolled_elsewhere", "suspended", school="S001")
+    st("s_susp_enrolled_elsewhere", "enrolled", school="S002")
+    b.resident("s_susp_enrolled_elsewhere")
+    b.disability("s_susp_enrolled_elsewhere", 2, 2)
+    b.aid("s_susp_enrolled_elsewhere", granted_on=D(2024, 10, 1))
+
+    # -- transfers --------------------------------------------------------------------------------
+    p("t_dest", D(2012, 4, 1))
+    st("t_dest", "transferred_out", school="S001", transfer_to="外省某中学")
+    b.resident("t_dest")
+
+    p("t_nodest", D(2012, 4, 2))
+    st("t_nodest", "transferred_out", school="S001")
+    b.resident("t_nodest")
+
+    p("t_blank", D(2012, 4, 3))
+    st("t_blank", "transferred_out", school="S002", transfer_to="  ")
+
+    # -- the age boundary: aged 6..15 at 2024-08-31 <=> born 2008-09-01 .. 2018-08-31 ------------
+    for label, born in (
+        ("b_young_in", D(2018, 8, 31)),
+        ("b_young_out", D(2018, 9, 1)),
+        ("b_old_in", D(2008, 9, 1)),
+        ("b_old_out", D(2008, 8, 31)),
+    ):
+        p(label, born)
+        b.resident(label)
+
+    # -- non-resident documents, removed rows, nothing to report ------------------------------------
+    p("n_passport", D(2014, 2, 2), id_type="A", number="E12345678")
+    b.resident("n_passport")
+
+    p("n_nobirth", None, id_type="6", number="H7654321")
+    b.poverty("n_nobirth", with_birth=False)
+
+    p("r_removed_res", D(2013, 3, 3))
+    b.resident("r_removed_res", removed=True)
+
+    p("g_graduated_young", D(2012, 3, 3))
+    st("g_graduated_young", "graduated", school="S001")
+    b.resident("g_graduated_young")
+
+    for n in range(3):
+        p(f"e_enrolled{n}", D(2012, 1, 10 + n))
+        st(f"e_enrolled{n}", school="S001")
+        b.resident(f"e_enrolled{n}")
+    b.flush()
+
+
+EXPECTED: dict[str, Counter[str]] = {
+    "flags": Counter(
+        [
+            "f_lifted",
+            "f_monitor",
+            "f_id15",
+            "f_lowerx",
+            "f_spaced",
+            "f_dis2",
+            "f_dis_today",
+            "f_dibao_endtoday",
+            "f_tekun_orphan",
+            "f_unsupported",
+            "f_aid_other",
+            "f_aid_removed",
+            "f_hk",
+            "f_transfer_both",
+            "f_transfer_both",  # one row per student record
+            "o_suspected",
+            "s_suspended_dis",
+            "s_adult_suspended_dis",
+            "s_susp_enrolled_elsewhere",
+            "s_susp_enrolled_elsewhere",
+        ]
+    ),
+    "out_of_school": Counter(
+        [
+            "f_removed_student",
+            "o_none_multi",
+            "o_pov_only",
+            "o_dropout",
+            "o_suspected",
+            "o_disabled",
+            "o_disabled_expired",
+            "b_young_in",
+            "b_old_in",
+            "n_passport",
+        ]
+    ),
+    "suspended": Counter(["s_suspended", "s_suspended_dis"]),
+    "transfer_check": Counter(["t_nodest", "t_blank"]),
+    "home_teaching": Counter(["o_disabled", "s_suspended_dis", "s_adult_suspended_dis"]),
+    "roster_suspected_dropout": Counter(["o_suspected"]),
+    "roster_dropout": Counter(["o_dropout"]),
+    "roster_suspended": Counter(
+        ["s_suspended", "s_suspended_dis", "s_adult_suspended_dis", "s_susp_enrolled_elsewhere"]
+    ),
+    "aid_gaps": Counter(
+        ["f_monitor", "f_unsupported", "f_aid_other", "f_aid_removed", "f_transfer_both"]
+    ),
+}

@@ -7,6 +7,7 @@ import click
 
 def BUILTIN() -> list[click.Command]:  # noqa: N802 - reads as a constant at the call site
     from . import audit, db, ids, init, keys, mappings, plugins_cmd
+    from . import match as match_cmd
     from . import quarantine, scheduler
     from . import request as request_cmd
     from . import serve
@@ -26,4 +27,5 @@ def BUILTIN() -> list[click.Command]:  # noqa: N802 - reads as a constant at the
         serve.serve_command,
         request_cmd.request_command,
         request_cmd.open_command,
+        match_cmd.match_command,
     ]
