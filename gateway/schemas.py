@@ -166,7 +166,7 @@ class ResidentSchema(_Canonical):
 
 class AidGrantedSchema(_Canonical):
     """Aid actually granted to a student (两免一补, 营养改善计划, 助学金 ...), for the aid-gap list:
-    the table ``aid_granted`` (gateway.store.matches.AidGranted)."""
+    the table ``aid_granted`` (gateway.store.records.AidGranted)."""
 
     program = _f(fields.String, "资助项目", required=True, max_length=64)
     granted_on = _f(fields.Date, "发放日期")

@@ -32,7 +32,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, mapped_column
 
 from .base import Base
-from .records import BigId, RecordMixin
+from .records import AidGranted, BigId  # noqa: F401 - AidGranted re-exported for match.py
 
 
 class MatchRun(Base):
@@ -126,14 +126,3 @@ class MatchCount(Base):
     resolved: Mapped[int] = mapped_column(Integer)  # on the previous run's list, not on it now
 
     __table_args__ = (UniqueConstraint("run_id", "list_name", "scope", "code"),)
-
-
-class AidGranted(RecordMixin, Base):
-    """Aid granted to a person, one row per source record (shape of a canonical dataset, so the
-    sync engine stores it like the others)."""
-
-    __tablename__ = "aid_granted"
-
-    program: Mapped[str | None] = mapped_column(String(64))  # 两免一补, 营养改善计划, 助学金 ...
-    granted_on: Mapped[dt.date | None] = mapped_column(Date)
-    amount: Mapped[int | None] = mapped_column(Integer)  # in yuan, when the source gives one

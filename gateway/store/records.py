@@ -91,6 +91,17 @@ class Resident(RecordMixin, Base):
     address: Mapped[str | None] = mapped_column(Text)  # sealed
 
 
+class AidGranted(RecordMixin, Base):
+    """Aid granted to a person, one row per source record (shape of a canonical dataset, so the
+    sync engine stores it like the others)."""
+
+    __tablename__ = "aid_granted"
+
+    program: Mapped[str | None] = mapped_column(String(64))  # 两免一补, 营养改善计划, 助学金 ...
+    granted_on: Mapped[dt.date | None] = mapped_column(Date)
+    amount: Mapped[int | None] = mapped_column(Integer)  # in yuan, when the source gives one
+
+
 # dataset name -> model, the one place the sync engine and the comparisons look tables up.
 DATASET_MODELS: dict[str, type[RecordMixin]] = {
     "students": Student,
@@ -98,4 +109,5 @@ DATASET_MODELS: dict[str, type[RecordMixin]] = {
     "disability": Disability,
     "assistance": Assistance,
     "residents": Resident,
+    "aid_granted": AidGranted,
 }
