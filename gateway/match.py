@@ -63,8 +63,9 @@ from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from sqlalchemy import and_, case, false, func, literal, literal_column, not_, or_, select, true
+from sqlalchemy.exc import SQLAlchemyError
 
-from .errors import GatewayError
+from .errors import GatewayError, StoreError
 from .store.matches import AidGranted, MatchCount, MatchRow, MatchRun
 from .store.records import Assistance, Disability, Poverty, Resident, Student
 
@@ -996,19 +997,21 @@ def run_match(
                 )
             )
     except Exception as exc:
+        # The statements carry no personal data (it all stays in SQL): the driver's first line
+        # is safe to keep and show.
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+        error = f"{exc.__class__.__name__}: {reason[0] if reason else ''}"[:2000]
         with site.engine.begin() as conn:
             conn.execute(
                 sa.update(RUNS)
                 .where(RUNS.c.id == run_id)
-                .values(
-                    status="failed",
-                    finished_at=_now(),
-                    error=f"{exc.__class__.__name__}: {exc}"[:2000],
-                )
+                .values(status="failed", finished_at=_now(), error=error)
             )
         summary = get_run(site, run_id)
         _audit_run(site, summary, outcome="failed")
         _notify(site, summary)
+        if isinstance(exc, SQLAlchemyError):
+            raise StoreError(f"match run {run_id} failed: {error}") from exc
         raise
     summary = get_run(site, run_id)
     _audit_run(site, summary, outcome="ok")

@@ -16,6 +16,7 @@ import pytest
 import sqlalchemy as sa
 
 from gateway import audit, ids, match
+from gateway.errors import StoreError
 from gateway.store.matches import MatchRow, MatchRun
 from tests.matchdata import AS_OF, EXPECTED, T1, T2, T3, MatchData, build_county
 
@@ -290,7 +291,7 @@ def test_failed_run_leaves_no_rows_and_is_recorded(county):
     site, b = county
     with site.engine.begin() as conn:
         conn.exec_driver_sql("DROP TABLE aid_granted")  # the aid step (after the others) fails
-    with pytest.raises(sa.exc.SQLAlchemyError):
+    with pytest.raises(StoreError, match="match run 1 failed: .*aid_granted"):
         match.run_match(site, AS_OF)
     with site.engine.connect() as conn:
         assert (
