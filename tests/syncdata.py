@@ -16,7 +16,6 @@ from typing import Any
 import sqlalchemy as sa
 
 from gateway import ids
-from gateway.hookspecs import hookimpl
 
 SOURCE_COLUMNS = ("pid", "sfzh", "xm", "xb", "csrq", "xzqh", "cun", "zz", "gxsj")
 MAPPING_SPEC = "test_registry/residents"
@@ -248,35 +247,9 @@ def dump_store_text(url: str) -> str:
     return "\n".join(out)
 
 
-# -- transforms: the built-in plugin that registers them has not landed yet ---------------------------
-
-
-class _BuiltinTransforms:
-    """Stand-in for the ``transforms`` entry point until it is registered (removed when it is)."""
-
-    @hookimpl
-    def register_transforms(self) -> Any:
-        from gateway.transforms import BUILTIN_TRANSFORMS
-
-        return BUILTIN_TRANSFORMS
-
-
 def install_standins() -> None:
-    """Make the built-in transforms available to every plugin manager, if no plugin offers them."""
-    from gateway import plugins
-
-    if getattr(plugins.get_plugin_manager, "_with_transforms", False):
-        return
-    original = plugins.get_plugin_manager
-
-    def get_plugin_manager(blocked: Any = ()) -> Any:
-        pm = original(blocked)
-        if "id_number" not in plugins.transforms(pm):
-            pm.register(_BuiltinTransforms(), name="test_builtin_transforms")
-        return pm
-
-    get_plugin_manager._with_transforms = True  # type: ignore[attr-defined]
-    plugins.get_plugin_manager = get_plugin_manager  # type: ignore[assignment]
+    """Nothing left to stand in for (the built-in transforms plugin is registered now); kept
+    because tests/test_review_pages.py and tests/test_review_browser.py still call it."""
 
 
 def write_mappings(site_dir: Path) -> None:
@@ -290,7 +263,6 @@ def write_mappings(site_dir: Path) -> None:
 
 def main(argv: list[str]) -> None:
     """``python -m tests.syncdata ARGS``: the ``gateway`` command (for subprocess tests)."""
-    install_standins()
     from gateway.cli import main as gateway_main
 
     gateway_main(argv)

@@ -6,16 +6,12 @@ import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
 
-from tests import syncdata
+from gateway.cli import _add_builtin_commands, cli
+from gateway.quarantine import list_rows, mask_value, replay, show_row
+from gateway.store.jobs import QuarantineRow, Run
+from gateway.store.records import Resident
+from gateway.sync import run_job
 from tests.syncdata import create_target, job_config, people, write_mappings, write_source
-
-syncdata.install_standins()
-
-from gateway.cli import _add_builtin_commands, cli  # noqa: E402
-from gateway.quarantine import list_rows, mask_value, replay, show_row  # noqa: E402
-from gateway.store.jobs import QuarantineRow, Run  # noqa: E402
-from gateway.store.records import Resident  # noqa: E402
-from gateway.sync import run_job  # noqa: E402
 
 _add_builtin_commands()
 

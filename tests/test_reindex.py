@@ -8,16 +8,12 @@ import threading
 import pytest
 import sqlalchemy as sa
 
-from tests import syncdata
+from gateway.errors import ConfigError
+from gateway.reindex import reindex
+from gateway.store.jobs import QuarantineRow
+from gateway.store.records import Resident
+from gateway.sync import run_job
 from tests.syncdata import job_config, people, write_mappings, write_source
-
-syncdata.install_standins()
-
-from gateway.errors import ConfigError  # noqa: E402
-from gateway.reindex import reindex  # noqa: E402
-from gateway.store.jobs import QuarantineRow  # noqa: E402
-from gateway.store.records import Resident  # noqa: E402
-from gateway.sync import run_job  # noqa: E402
 
 
 def test_rotate_then_reindex(make_site, tmp_path):

@@ -14,17 +14,13 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from tests import syncdata
+from gateway.scheduler import Scheduler, next_due
+from gateway.site import Site
+from gateway.store import Base
+from gateway.store.jobs import Run, SchedulerLease, acquire_lease, utcnow
+from gateway.sync import HeldLease, JobBusy, run_job
 from tests.fixtures.sites import write_site
 from tests.syncdata import job_config, people, write_mappings, write_source
-
-syncdata.install_standins()
-
-from gateway.scheduler import Scheduler, next_due  # noqa: E402
-from gateway.site import Site  # noqa: E402
-from gateway.store import Base  # noqa: E402
-from gateway.store.jobs import Run, SchedulerLease, acquire_lease, utcnow  # noqa: E402
-from gateway.sync import HeldLease, JobBusy, run_job  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -8,7 +8,10 @@ import json
 import pytest
 import sqlalchemy as sa
 
-from tests import syncdata
+from gateway.errors import ConfigError
+from gateway.store.jobs import JobCursor, QuarantineRow, Run, SnapshotSeen
+from gateway.store.records import Resident
+from gateway.sync import RunSummary, SyncFailed, run_job
 from tests.syncdata import (
     create_target,
     dump_store_text,
@@ -19,13 +22,6 @@ from tests.syncdata import (
     write_mappings,
     write_source,
 )
-
-syncdata.install_standins()
-
-from gateway.errors import ConfigError  # noqa: E402
-from gateway.store.jobs import JobCursor, QuarantineRow, Run, SnapshotSeen  # noqa: E402
-from gateway.store.records import Resident  # noqa: E402
-from gateway.sync import RunSummary, SyncFailed, run_job  # noqa: E402
 
 
 @pytest.fixture

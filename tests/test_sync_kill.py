@@ -16,7 +16,10 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from tests import syncdata
+from gateway.site import Site
+from gateway.store import Base
+from gateway.store.jobs import JobCursor, Run
+from gateway.store.records import Resident
 from tests.fixtures.sites import write_site
 from tests.syncdata import (
     create_target,
@@ -26,13 +29,6 @@ from tests.syncdata import (
     write_mappings,
     write_source,
 )
-
-syncdata.install_standins()
-
-from gateway.site import Site  # noqa: E402
-from gateway.store import Base  # noqa: E402
-from gateway.store.jobs import JobCursor, Run  # noqa: E402
-from gateway.store.records import Resident  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 ROWS = 100_000

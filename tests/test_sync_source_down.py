@@ -12,17 +12,13 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
-from tests import syncdata
+from gateway.site import Site
+from gateway.store import Base
+from gateway.store.jobs import Run
+from gateway.store.records import Resident
+from gateway.sync import SyncFailed, run_job
 from tests.fixtures.sites import write_site
 from tests.syncdata import job_config, known_secrets, people, write_mappings, write_source
-
-syncdata.install_standins()
-
-from gateway.site import Site  # noqa: E402
-from gateway.store import Base  # noqa: E402
-from gateway.store.jobs import Run  # noqa: E402
-from gateway.store.records import Resident  # noqa: E402
-from gateway.sync import SyncFailed, run_job  # noqa: E402
 
 
 class Proxy:
