@@ -6,7 +6,7 @@ import click
 
 
 def BUILTIN() -> list[click.Command]:  # noqa: N802 - reads as a constant at the call site
-    from . import audit, db, ids, init, keys, mappings, plugins_cmd
+    from . import audit, db, demo, ids, init, keys, mappings, plugins_cmd
     from . import match as match_cmd
     from . import quarantine, scheduler
     from . import request as request_cmd
@@ -28,4 +28,5 @@ def BUILTIN() -> list[click.Command]:  # noqa: N802 - reads as a constant at the
         request_cmd.request_command,
         request_cmd.open_command,
         match_cmd.match_command,
+        demo.demo_command,
     ]
