@@ -8,11 +8,14 @@ import click
 def BUILTIN() -> list[click.Command]:  # noqa: N802 - reads as a constant at the call site
     from . import audit, db, demo, ids, init, keys, mappings, plugins_cmd
     from . import match as match_cmd
-    from . import quarantine, scheduler
+    from . import quarantine, reindex, scheduler
     from . import request as request_cmd
     from . import serve
     from . import sync as sync_cmd
 
+    # `gateway keys reindex` lives beside the sync engine it shares batches with.
+    if "reindex" not in keys.keys_group.commands:
+        keys.keys_group.add_command(reindex.reindex_command, "reindex")
     return [
         ids.id_group,
         keys.keys_group,
