@@ -268,27 +268,37 @@ def test_every_page_needs_a_signin(client: FlaskClient, seed: Seed, path: str) -
 
 
 def test_signin_redirects_back_and_never_off_site(client: FlaskClient, seed: Seed) -> None:
-    response = client.get("/review/log?dataset=poverty")
+    wanted = "/review/log?actor=dept:civil_affairs&dataset=students"
+    response = client.get(wanted)
     assert response.status_code == 302
     page = client.get(response.headers["Location"]).get_data(as_text=True)
-    assert 'name="next" value="/review/log?dataset=poverty"' in page
-    token = csrf_of(page)
+    next_value = re.search(r'name="next" value="([^"]*)"', page)
+    assert next_value and next_value.group(1).replace("&amp;", "&") == wanted
     ok = client.post(
         "/review/signin",
         data={
             "name": "auditor1",
             "password": PASSWORDS["auditor1"],
-            "csrf_token": token,
-            "next": "/review/log?dataset=poverty",
+            "csrf_token": csrf_of(page),
+            "next": wanted,
         },
     )
-    assert ok.headers["Location"] == "/review/log?dataset=poverty"
-    client.post(
-        "/review/signout",
-        data={"csrf_token": csrf_of(client.get("/review/log").get_data(as_text=True))},
-    )
-    page = client.get("/review/signin").get_data(as_text=True)
-    for evil in ("https://evil.example/", "//evil.example/review/", "/api/v1/jobs"):
+    assert ok.headers["Location"] == wanted
+    assert _seqs(client.get(ok.headers["Location"]).get_data(as_text=True)) == [
+        seed.seqs["ca_lookup"]
+    ]
+    for evil in (
+        "https://evil.example/",
+        "//evil.example/review/",
+        "/review/\\evil.example",
+        "/api/v1/jobs",
+        "/review/log\r\nSet-Cookie: x=1",
+    ):
+        client.post(
+            "/review/signout",
+            data={"csrf_token": csrf_of(client.get("/review/log").get_data(as_text=True))},
+        )
+        page = client.get("/review/signin").get_data(as_text=True)
         response = client.post(
             "/review/signin",
             data={
@@ -299,11 +309,6 @@ def test_signin_redirects_back_and_never_off_site(client: FlaskClient, seed: See
             },
         )
         assert response.headers["Location"] == "/review/log"
-        client.post(
-            "/review/signout",
-            data={"csrf_token": csrf_of(client.get("/review/log").get_data(as_text=True))},
-        )
-        page = client.get("/review/signin").get_data(as_text=True)
 
 
 def test_signin_success_and_failure_are_audited(
@@ -673,6 +678,54 @@ def test_person_form_never_echoes_the_number(auditor: FlaskClient, seed: Seed) -
     assert 'name="id_number" id="id_number" type="text" value=""' in _lookup(
         auditor, CHILD_C
     ).get_data(as_text=True)
+
+
+def _refuse_review_views(site: Site) -> None:
+    """A store that refuses to record review.view entries (a real database trigger)."""
+    with site.engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.exec_driver_sql(
+                "CREATE FUNCTION refuse_views() RETURNS trigger AS $$ BEGIN "
+                "IF NEW.action = 'review.view' THEN RAISE EXCEPTION 'audit store refuses'; END IF; "
+                "RETURN NEW; END $$ LANGUAGE plpgsql"
+            )
+            conn.exec_driver_sql(
+                "CREATE TRIGGER refuse_views BEFORE INSERT ON audit_entries "
+                "FOR EACH ROW EXECUTE FUNCTION refuse_views()"
+            )
+        else:
+            conn.exec_driver_sql(
+                "CREATE TRIGGER refuse_views BEFORE INSERT ON audit_entries "
+                "WHEN NEW.action = 'review.view' BEGIN SELECT RAISE(ABORT, 'audit store refuses'); END"
+            )
+
+
+def test_nothing_is_shown_that_could_not_be_audited(
+    auditor: FlaskClient, review_site: Site, seed: Seed
+) -> None:
+    stored = audit.get_entry(review_site, seed.seqs["edu_lookup"])
+    assert stored is not None
+    _refuse_review_views(review_site)
+    response = auditor.get(f"/review/entry/{seed.seqs['edu_lookup']}")
+    assert response.status_code == 503
+    html = response.get_data(as_text=True)
+    assert "nothing is shown that could not be audited" in html
+    assert stored["hash"] not in html and "dropout-control" not in html
+    assert short_key_of(seed.keys[CHILD_A]) not in html
+
+    response = _lookup(auditor, CHILD_A)
+    assert response.status_code == 503
+    html = response.get_data(as_text=True)
+    assert ids.mask(CHILD_A) not in html and "person-row" not in html
+    assert_no_plain_ids(html)
+    assert entries(review_site, action="review.view") == []
+    # Pages without personal data still work.
+    assert auditor.get("/review/log").status_code == 200
+
+
+def short_key_of(key: str) -> str:
+    key_id, _, digest = key.partition(":")
+    return f"{key_id}:{digest[:12]}"
 
 
 # ------------------------------------------------------------------------------------------ verify

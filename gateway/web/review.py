@@ -25,6 +25,7 @@ import hmac
 import json
 import re
 import secrets
+import time
 from collections.abc import Mapping
 from functools import cache
 from typing import TYPE_CHECKING, Any
@@ -77,13 +78,15 @@ PAGE_SIZES = (10, 25, 50, 100, 200)
 DEFAULT_PAGE_SIZE = 50
 KEYS_SHOWN = 200  # subject keys listed on an entry's page (an entry may touch thousands)
 RUNS_SHOWN = 50
-AUDIT_ACCESS_PREFIXES = ("review.", "audit.")
 MATCH_RUNS_SHOWN = 24
+AUDIT_ACCESS_PREFIXES = ("review.", "audit.")  # auditors looking, not data exchanged
+ACTIONS_TTL_S = 300.0  # the filter form's list of actions is re-read at most this often
 
 # The same rule as the audit log's refusal of ID numbers: 15+ digits, or 17 digits and X, not
 # part of a hex digest.
 _ID_LIKE = re.compile(r"(?<![0-9A-Fa-f])(?:\d{17}[Xx]|\d{15,})(?![0-9A-Fa-f])")
-_SAFE_NEXT = re.compile(r"^/review/[A-Za-z0-9/_.?&=%+-]*$")
+# A path of these pages (query included); no whitespace or backslash, so never another host.
+_SAFE_NEXT = re.compile(r"^/review/[^\s\\]*$")
 
 OUTCOME_LABELS = {
     "ok": "成功 ok",
@@ -349,24 +352,28 @@ def _suggestions() -> dict[str, list[str]]:
     purposes = sorted(
         {p for d in settings.departments.values() for rule in d.allow for p in rule.purposes}
     )
-    with site.begin() as s:
-        actions = list(
-            s.execute(
-                select(audit.ENTRIES.c.action)
-                .distinct()
-                .order_by(audit.ENTRIES.c.action)
-                .limit(200)
-            )
-            .scalars()
-            .all()
-        )
     return {
         "departments": sorted(settings.departments),
         "purposes": purposes,
         "datasets": [*DATASETS, "match"],
-        "actions": actions,
+        "actions": _known_actions(site),
         "outcomes": list(audit.OUTCOMES),
     }
+
+
+def _known_actions(site: Site) -> list[str]:
+    """The distinct actions in the log (an index scan: cached for a few minutes per app)."""
+    now = time.monotonic()
+    cached = current_app.extensions.get("gateway.review.actions")
+    if cached is not None and now - cached[0] < ACTIONS_TTL_S:
+        return cached[1]
+    column = audit.ENTRIES.c.action
+    with site.begin() as s:
+        actions = list(
+            s.execute(select(column).distinct().order_by(column).limit(200)).scalars().all()
+        )
+    current_app.extensions["gateway.review.actions"] = (now, actions)
+    return actions
 
 
 def _latest_checkpoint(site: Site) -> dict[str, Any] | None:
