@@ -17,6 +17,7 @@ from typing import Any
 
 from ..errors import ConfigError
 from . import county
+from ..match import LISTS as MATCH_LISTS
 from .generate import GroundTruth, generate
 
 MARKER = ".gateway-demo"  # only a folder holding this marker is ever wiped by a new demo
@@ -130,7 +131,7 @@ def _config(seed: int) -> dict[str, Any]:
                         ("poverty", ["poverty_type", "risk_eliminated", "area_code", "village"]),
                         ("disability", ["category", "grade", "valid_until"]),
                         ("assistance", ["assistance_type", "active", "start_date", "end_date"]),
-                        ("match", []),
+                        ("match", list(MATCH_LISTS)),
                     )
                 ],
             },
