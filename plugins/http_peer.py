@@ -329,7 +329,9 @@ def peer_mapping_text(dataset: str, direction: str = "inbound") -> str:
     if outbound:
         lines.append('key = ["id_number"]')
     else:
-        keys = ["subject_key", "assistance_type"] if dataset == "assistance" else ["subject_key"]
+        from gateway.web.push import record_key_fields
+
+        keys = record_key_fields(dataset)
         lines.append("record_key = [" + ", ".join(f'"{k}"' for k in keys) + "]")
     transforms = {"date": '["date"]', "datetime": '["datetime"]', "int": '["int"]'}
     for field, info in dataset_fields(dataset).items():

@@ -66,6 +66,7 @@ SIGNATURE_HEADERS = (KEY_HEADER, TIMESTAMP_HEADER, NONCE_HEADER, SIGNATURE_HEADE
 _NONCE = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
 _TIMESTAMP = re.compile(r"^\d{1,12}$")
 _ACTOR_SAFE = re.compile(r"[^A-Za-z0-9._@-]")
+_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f]")
 PURGE_EVERY_S = 60.0
 
 
@@ -278,10 +279,11 @@ def _safe_actor_name(value: str) -> str:
 
 
 def _safe_text(value: str | None, limit: int) -> str | None:
-    if not value:
+    """Caller-chosen text for the audit log: printable, short, never an ID number."""
+    if not value or not isinstance(value, str):
         return None
-    text = scrub(value)[:limit]
-    return None if audit.looks_like_id(text) else text
+    text = _UNPRINTABLE.sub("?", scrub(value))[:limit].strip()
+    return None if not text or audit.looks_like_id(text) else text
 
 
 def refusal_event(response: Response) -> dict:

@@ -41,6 +41,7 @@ from .problems import Problem
 from .push import run_push
 from .schemas import (
     DATASET_PARAM,
+    SUBJECT_KEY_PATTERN,
     ChangesQuerySchema,
     ChangesResponseSchema,
     LookupRequestSchema,
@@ -58,8 +59,7 @@ bp = Blueprint("datasets", __name__, url_prefix="/api/v1/datasets")
 
 IN_CHUNK = 1000  # subject keys per IN (...)
 SUBJECT_KEYS = frozenset({"id_number", "id_type", "subject_key"})
-# "<blind_index key id>:<hex HMAC>" (SHA-256 and SM3 both give 64 hex digits)
-_SUBJECT_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}:[0-9a-f]{64}$")
+_SUBJECT_KEY = re.compile(SUBJECT_KEY_PATTERN)
 
 
 # -- shared steps -----------------------------------------------------------------------------------

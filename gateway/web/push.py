@@ -42,7 +42,14 @@ RECORD_KEYS: dict[str, tuple[str, ...]] = {
     "disability": ("subject_key",),
     "assistance": ("subject_key", "assistance_type"),
     "residents": ("subject_key",),
+    "aid_granted": ("subject_key", "program", "granted_on"),
 }
+
+
+def record_key_fields(dataset: str) -> list[str]:
+    return list(RECORD_KEYS.get(dataset, ("subject_key",)))
+
+
 LEASE_WAIT_S = 10.0
 _POSITION = re.compile(r"^records\[(\d+)\]$")
 
@@ -63,7 +70,7 @@ class CanonicalMapper:
         self.system = "api"
         self.infos = dataset_fields(dataset)
         self.sensitivity = {name: info.sensitivity for name, info in self.infos.items()}
-        self.record_key_fields = list(RECORD_KEYS[dataset])
+        self.record_key_fields = record_key_fields(dataset)
         self._template = {name: None for name in self.infos if name not in COMPUTED_FIELDS}
 
     def map_row(self, native: Mapping[str, Any]) -> tuple[dict[str, Any], list[FieldError]]:
@@ -119,6 +126,8 @@ class CanonicalMapper:
         if kind == "str":
             if not isinstance(value, str):
                 raise ValueError(f"{label} must be text")
+            if "\x00" in value:  # no database keeps it in text, and no real value has one
+                raise ValueError(f"{label} contains a NUL character")
             return value.strip() or None
         if kind == "int":
             if isinstance(value, bool) or not isinstance(value, int):

@@ -17,7 +17,12 @@ from ..config import ID_RETURN
 from ..match import LISTS
 from ..schemas import DATASETS, ID_TYPES, dataset_fields
 
-PURPOSE = validate.Length(min=1, max=100)
+# Text that goes into SQL filters or the audit log: no control characters (PostgreSQL refuses NUL).
+PRINTABLE = validate.Regexp(r"^[^\x00-\x1f\x7f]*$", error="must not contain control characters")
+PURPOSE = [validate.Length(min=1, max=100), PRINTABLE]
+# A subject key: "<blind_index key id>:<hex HMAC>" (SHA-256 and SM3 both give 64 hex digits).
+SUBJECT_KEY_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}:[0-9a-f]{64}$"
+SUBJECT_KEY = validate.Regexp(SUBJECT_KEY_PATTERN, error="not a subject key of this gateway")
 LIMIT_MAX = 1000
 
 
@@ -106,7 +111,7 @@ class SubjectSchema(_Body):
         metadata={"description": "document type, default 1"},
     )
     subject_key = fields.String(
-        validate=validate.Length(min=3, max=100),
+        validate=[validate.Length(max=100), SUBJECT_KEY],
         metadata={"description": "a subject key this gateway returned earlier (ids = subject_key)"},
     )
 
@@ -147,7 +152,7 @@ class LookupResponseSchema(Schema):
 class ChangesQuerySchema(_Query):
     purpose = fields.String(required=True, validate=PURPOSE)
     cursor = fields.String(
-        validate=validate.Length(max=400),
+        validate=[validate.Length(max=400), PRINTABLE],
         metadata={"description": "opaque: the cursor of the previous page; absent: from the start"},
     )
     limit = fields.Integer(
@@ -157,7 +162,7 @@ class ChangesQuerySchema(_Query):
     )
     fields_ = fields.String(
         data_key="fields",
-        validate=validate.Length(max=1000),
+        validate=[validate.Length(max=1000), PRINTABLE],
         metadata={"description": "comma-separated fields (default: all the policy allows)"},
     )
 
@@ -224,9 +229,9 @@ class PushResponseSchema(Schema):
 
 class MatchQuerySchema(_Query):
     purpose = fields.String(required=True, validate=PURPOSE)
-    cursor = fields.String(validate=validate.Length(max=400))
+    cursor = fields.String(validate=[validate.Length(max=400), PRINTABLE])
     limit = fields.Integer(load_default=500, validate=validate.Range(1, LIMIT_MAX))
-    school_code = fields.String(validate=validate.Length(min=1, max=32))
+    school_code = fields.String(validate=[validate.Length(min=1, max=32), PRINTABLE])
 
 
 class MatchRunSchema(Schema):
@@ -283,10 +288,10 @@ class MatchListResponseSchema(Schema):
 
 
 class AuditQuerySchema(_Query):
-    actor = fields.String(validate=validate.Length(min=1, max=100))
-    department = fields.String(validate=validate.Length(min=1, max=64))
-    dataset = fields.String(validate=validate.Length(min=1, max=64))
-    action = fields.String(validate=validate.Length(min=1, max=64))
+    actor = fields.String(validate=[validate.Length(min=1, max=100), PRINTABLE])
+    department = fields.String(validate=[validate.Length(min=1, max=64), PRINTABLE])
+    dataset = fields.String(validate=[validate.Length(min=1, max=64), PRINTABLE])
+    action = fields.String(validate=[validate.Length(min=1, max=64), PRINTABLE])
     outcome = fields.String(validate=validate.OneOf(["ok", "delivered", "refused", "failed"]))
     purpose = fields.String(validate=PURPOSE)
     since = fields.DateTime()
@@ -320,7 +325,7 @@ class AuditSearchResponseSchema(Schema):
 
 class AuditSubjectQuerySchema(_Query):
     subject_key = fields.List(
-        fields.String(validate=validate.Length(min=3, max=100)),
+        fields.String(validate=[validate.Length(max=100), SUBJECT_KEY]),
         required=True,
         validate=validate.Length(min=1, max=100),
         metadata={"description": "one or more subject keys (repeat the parameter)"},
@@ -333,7 +338,7 @@ class AuditSubjectRequestSchema(_Body):
     id_number = fields.String(validate=validate.Length(min=1, max=40))
     id_type = fields.String(load_default="1", validate=validate.OneOf(list(ID_TYPES)))
     subject_keys = fields.List(
-        fields.String(validate=validate.Length(min=3, max=100)),
+        fields.String(validate=[validate.Length(max=100), SUBJECT_KEY]),
         validate=validate.Length(max=100),
     )
 
