@@ -86,9 +86,23 @@ def bench(site: Site, args: argparse.Namespace, folder: Path) -> None:
         for i in range(args.records):
             audit.record(site, **events[i])
 
+    scratch = sa.Table(
+        "bench_scratch",
+        sa.MetaData(),
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("v", sa.String(20)),
+    )
+    scratch.create(site.engine)
+
+    def caller_alone() -> None:  # a request's own write, e.g. its nonce
+        for _ in range(args.records):
+            with site.begin() as session:
+                session.execute(scratch.insert().values(v="x"))
+
     def in_session() -> None:
         for i in range(args.records):
             with site.begin() as session:
+                session.execute(scratch.insert().values(v="x"))
                 audit.record(session, site=site, **events[i])
 
     def batched() -> None:
@@ -102,7 +116,11 @@ def bench(site: Site, args: argparse.Namespace, folder: Path) -> None:
                 w.add(**events[i])
 
     timed("record(site): 1 entry per transaction", args.records, single)
-    timed("record(session): in the caller's transaction", args.records, in_session)
+    alone = timed("caller's transaction alone (1 insert)", args.records, caller_alone)
+    joined = timed("same + record(session) in it", args.records, in_session)
+    print(
+        f"  {'-> marginal cost of record() in a transaction':<44} {1e6 / joined - 1e6 / alone:>57,.0f} µs per entry"
+    )
     timed(f"append_many: {args.batch_size} per transaction", args.batched, batched)
     timed(f"AuditWriter: flush every {args.batch_size} / 50 ms", args.batched, writer)
     total = audit.head(site)["seq"]

@@ -93,6 +93,7 @@ HEAD = AuditHead.__table__
 CHECKPOINTS = AuditCheckpoint.__table__
 
 _ACTOR = re.compile(r"^[a-z][a-z0-9_]*:\S{1,90}$")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _SUBJECT_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}:[0-9a-f]{16,}$")
 _ACTION = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$")
 # An ID number in the clear: 15+ digits in a row (18-digit, 15-digit legacy, a 20-char disability
@@ -207,6 +208,18 @@ def looks_like_id(text: str) -> bool:
     return _ID_LIKE.search(text) is not None
 
 
+def _shown(value: object) -> str:
+    """A rejected value as an error may show it: short, and never one that looks like an ID."""
+    text = repr(value)
+    return "(a value that looks like an ID number)" if looks_like_id(text) else text[:40]
+
+
+def _printable(value: str) -> str:
+    """Control characters (terminal escapes, line breaks) become U+FFFD: a refused request's
+    purpose is recorded as asked, but must not garble a terminal or a report."""
+    return _CONTROL.sub("\ufffd", value)
+
+
 def _check_text(where: str, value: str) -> None:
     if looks_like_id(value):
         raise AuditError(
@@ -287,17 +300,22 @@ class AuditEvent:
         subject_count: int | None = None,
         detail: Mapping[str, Any] | None = None,
     ) -> AuditEvent:
+        if isinstance(actor, str):
+            _check_text("actor", actor)  # before anything echoes it
         if not isinstance(actor, str) or not _ACTOR.match(actor):
             raise AuditError(
-                f"audit actor {actor!r}: must be kind:name, e.g. job:students, dept:education, user:auditor1"
+                f"audit actor {_shown(actor)}: must be kind:name, e.g. job:students, "
+                "dept:education, user:auditor1"
             )
-        _check_text("actor", actor)
         if not isinstance(action, str) or not _ACTION.match(action) or len(action) > 64:
             raise AuditError(
-                f"audit action {action!r}: must be dotted lower-case words, e.g. sync.run, api.lookup"
+                f"audit action {_shown(action)}: must be dotted lower-case words, e.g. sync.run, api.lookup"
             )
         if outcome not in OUTCOMES:
-            raise AuditError(f"audit outcome {outcome!r}: must be one of {', '.join(OUTCOMES)}")
+            raise AuditError(
+                f"audit outcome {_shown(outcome)}: must be one of {', '.join(OUTCOMES)}"
+            )
+        texts: dict[str, str | None] = {}
         for name, value, limit in (("dataset", dataset, 64), ("purpose", purpose, 100)):
             if value is not None:
                 if not isinstance(value, str) or not value or len(value) > limit:
@@ -305,13 +323,16 @@ class AuditEvent:
                         f"audit {name}: must be a non-empty string of at most {limit} characters"
                     )
                 _check_text(name, value)
+                value = _printable(value)
+            texts[name] = value
         if isinstance(fields, str):
             raise AuditError("audit fields: must be a list of field names, not a string")
         fields_t = tuple(fields)
         for f in fields_t:
             if not isinstance(f, str) or not f or len(f) > 64:
-                raise AuditError(f"audit fields: {f!r} is not a field name")
+                raise AuditError("audit fields: each must be a field name of 1 to 64 characters")
             _check_text("fields", f)
+        fields_t = tuple(_printable(f) for f in fields_t)
         if isinstance(subject_keys, str):
             raise AuditError("audit subject_keys: must be a list of subject keys, not a string")
         keys = sorted(set(subject_keys))
@@ -335,7 +356,15 @@ class AuditEvent:
                     f"audit detail: larger than {MAX_DETAIL_BYTES} bytes; list persons in subject_keys, not detail"
                 )
         return cls(
-            actor, action, outcome, dataset, purpose, fields_t, tuple(keys), subject_count, clean
+            actor,
+            action,
+            outcome,
+            texts["dataset"],
+            texts["purpose"],
+            fields_t,
+            tuple(keys),
+            subject_count,
+            clean,
         )
 
     def entry(self, seq: int, ts: str, alg: str) -> dict[str, Any]:

@@ -98,6 +98,22 @@ def _dumps(doc: Any) -> str:
 # ------------------------------------------------------------------------------------------ writing
 
 
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "'")
+
+
+def _cell(value: Any) -> Any:
+    """Spreadsheets run a cell starting with = + - @ as a formula, and a refused request's purpose
+    is whatever the caller sent: such text gets a leading apostrophe (as does text that starts with
+    one, so the reader can always take exactly one away)."""
+    if isinstance(value, str) and value.startswith(_FORMULA_START):
+        return "'" + value
+    return value
+
+
+def _uncell(value: str) -> str:
+    return value[1:] if value.startswith("'") else value
+
+
 class _Writer:
     """Writes records as JSONL or CSV to a binary stream, hashing what it writes."""
 
@@ -157,7 +173,7 @@ class _Writer:
                 row["extra"] = _dumps({"before": rec["before"], "entries": rec["entries"]})
         else:  # header, end
             row["extra"] = _dumps({k: v for k, v in rec.items() if k != "type"})
-        self.csv.writerow([row[c] for c in CSV_COLUMNS])
+        self.csv.writerow([_cell(row[c]) for c in CSV_COLUMNS])
         self._drain()
 
 
@@ -386,7 +402,8 @@ class ExportFile:
             return
         csv.field_size_limit(sys.maxsize)  # an entry may list many thousand subject keys
         with open(self.path, encoding="utf-8-sig", newline="") as handle:
-            for rowno, row in enumerate(csv.DictReader(handle), 2):
+            for rowno, raw_row in enumerate(csv.DictReader(handle), 2):
+                row = {k: _uncell(v) if isinstance(v, str) else v for k, v in raw_row.items()}
                 try:
                     rec = _csv_record(row, f"row {rowno}")
                     yield rowno, rec, None

@@ -409,28 +409,48 @@ class ChainVerifier:
 # ------------------------------------------------------------------------------------------ online
 
 
-def _entry_dict(row: Any, keys: list[str]) -> dict[str, Any]:
+_COLUMNS = (
+    ENTRIES.c.seq,
+    ENTRIES.c.ts,
+    ENTRIES.c.actor,
+    ENTRIES.c.action,
+    ENTRIES.c.outcome,
+    ENTRIES.c.dataset,
+    ENTRIES.c.purpose,
+    ENTRIES.c.fields,
+    ENTRIES.c.subject_count,
+    ENTRIES.c.detail,
+    ENTRIES.c.alg,
+    ENTRIES.c.prev_hash,
+    ENTRIES.c.hash,
+)
+
+
+def _entry_dict(row: tuple, keys: list[str]) -> dict[str, Any]:
     """A stored row as the verifier sees it; undecodable JSON makes the hash fail, not a crash."""
+    seq, ts, actor, action, outcome, dataset, purpose, fields_, count, detail, alg, prev, digest = (
+        row
+    )
     try:
-        fields_ = json.loads(row.fields) if row.fields else []
-        detail = json.loads(row.detail) if row.detail else None
+        fields_ = json.loads(fields_) if fields_ else []
+        detail = json.loads(detail) if detail else None
     except (TypeError, ValueError):
         fields_, detail = ["<undecodable>"], "<undecodable>"
     return {
-        "seq": int(row.seq),
-        "ts": format_ts(row.ts) if row.ts is not None else None,
-        "actor": row.actor,
-        "action": row.action,
-        "outcome": row.outcome,
-        "dataset": row.dataset,
-        "purpose": row.purpose,
+        "seq": int(seq),
+        "ts": format_ts(ts) if ts is not None else None,
+        "actor": actor,
+        "action": action,
+        "outcome": outcome,
+        "dataset": dataset,
+        "purpose": purpose,
         "fields": fields_,
-        "subject_count": row.subject_count,
+        "subject_count": count,
         "subject_keys": keys,
         "detail": detail,
-        "alg": row.alg,
-        "prev_hash": row.prev_hash,
-        "hash": row.hash,
+        "alg": alg,
+        "prev_hash": prev,
+        "hash": digest,
     }
 
 
@@ -440,7 +460,7 @@ def stream_entries(
     """Entries with their subject keys in seq order, streamed: two ordered cursors merged, so a
     million entries never sit in memory at once."""
     e, s = ENTRIES.c, SUBJECTS.c
-    q_entries = select(ENTRIES).order_by(e.seq)
+    q_entries = select(*_COLUMNS).order_by(e.seq)
     q_subjects = select(s.entry_seq, s.subject_key).order_by(s.entry_seq)
     if from_seq is not None:
         q_entries = q_entries.where(e.seq >= from_seq)
@@ -452,12 +472,12 @@ def stream_entries(
     subjects = iter(streamed.execute(q_subjects))
     pending = next(subjects, None)
     for row in streamed.execute(q_entries):
-        seq = row.seq
-        while pending is not None and pending.entry_seq < seq:
+        seq = row[0]
+        while pending is not None and pending[0] < seq:
             pending = next(subjects, None)  # keys of an entry that is gone: its gap is reported
         keys = []
-        while pending is not None and pending.entry_seq == seq:
-            keys.append(pending.subject_key)
+        while pending is not None and pending[0] == seq:
+            keys.append(pending[1])
             pending = next(subjects, None)
         yield _entry_dict(row, keys)
 

@@ -684,3 +684,36 @@ def test_no_id_number_in_store_exports_or_reports(busy_site: Site, tmp_path: Pat
     for blob in texts:
         for number in (ID_A, ID_B, ID_A[:17], ID_B[:17]):
             assert number not in blob
+
+
+def test_hostile_text_is_defused_in_terminal_and_spreadsheet(site: Site, tmp_path: Path) -> None:
+    import csv
+
+    # a refused request is audited with the purpose it asked for, whatever that was
+    seq = audit.record(
+        site,
+        actor="dept:civil",
+        action="api.refused",
+        outcome="refused",
+        purpose='=HYPERLINK("x")\x1b[2J',
+    )
+    assert audit.get_entry(site, seq)["purpose"] == '=HYPERLINK("x")\ufffd[2J'
+    audit.checkpoint(site)
+    out = tmp_path / "a.csv"
+    export(site, out)
+    with open(out, encoding="utf-8-sig", newline="") as handle:
+        rows = [r for r in csv.DictReader(handle) if r["record_type"] == "entry"]
+    assert rows[0]["purpose"] == "'" + '=HYPERLINK("x")\ufffd[2J'  # a spreadsheet shows text
+    assert verify_exports([out], PublicKeys.from_site(site)).ok
+    assert next(read_export(out).entries())["purpose"] == '=HYPERLINK("x")\ufffd[2J'
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [{"actor": ID_A}, {"actor": "dept:" + ID_A}, {"action": ID_A}, {"fields": ["x" * 50 + ID_A]}],
+)
+def test_errors_never_echo_an_id_number(site: Site, kw: dict) -> None:
+    args = {"actor": "job:students", "action": "sync.run", **kw}
+    with pytest.raises(AuditError) as info:
+        audit.record(site, **args)
+    assert ID_A not in str(info.value) and ID_A[:15] not in str(info.value)

@@ -12,6 +12,8 @@ import getpass
 import json
 import re
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +75,28 @@ def _fmt_entry(e: dict[str, Any]) -> str:
     )
 
 
+@contextmanager
+def _progress(site: Any) -> Iterator[Callable[[int], None] | None]:
+    """A progress bar on stderr for a long verification, only when a person is watching."""
+    if not sys.stderr.isatty():
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    total = audit.count(site)
+    with Progress(
+        "verifying",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    ) as bar:
+        task = bar.add_task("verify", total=total)
+        yield lambda done: bar.update(task, completed=done)
+
+
 @click.group("audit")
 def audit_group() -> None:
     """The audit log: verify, search, export, per-person report, checkpoints, retention."""
@@ -128,7 +152,11 @@ def verify(
         report = verify_exports(list(exports), PublicKeys.from_files(public_keys))
     else:
         keys = PublicKeys.from_files(public_keys) if public_keys else None
-        report = verify_store(_site(obj), outside=list(checkpoints), public_keys=keys)
+        site = _site(obj)
+        with _progress(site) as progress:
+            report = verify_store(
+                site, outside=list(checkpoints), public_keys=keys, progress=progress
+            )
     if as_json:
         click.echo(json.dumps(report.as_dict(), ensure_ascii=False, indent=2))
     else:
