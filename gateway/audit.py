@@ -10,6 +10,10 @@ fields=(), subject_keys=(), subject_count=None, detail=None) -> int``
     ``Site`` (the entry is written and committed in its own short transaction before ``record``
     returns: use this when a request must be audited before its response is sent).
 
+``transaction(site)``
+    A context manager giving a Session for work that reads and then records in one transaction;
+    on SQLite it takes the write lock first so the append cannot fail on a stale read snapshot.
+
 ``append_many(target, events, *, suite=None, site=None) -> list[int]``
     Many entries in one transaction (``events``: ``AuditEvent`` or mappings of ``record``'s keywords).
 
@@ -61,7 +65,8 @@ import math
 import os
 import re
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -69,9 +74,10 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, Select, and_, exists, func, insert, select, update
 from sqlalchemy import event as sa_event
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
-from .errors import GatewayError, ProblemsFound
+from .errors import GatewayError, ProblemsFound, StoreError
 from .store.audit_log import AuditCheckpoint, AuditEntry, AuditHead, AuditSubject
 
 if TYPE_CHECKING:
@@ -442,12 +448,34 @@ def _lock_head(session: Session | Connection) -> _Head:
     process therefore always start from the head the previous one left.
     """
     conn = session.connection() if isinstance(session, Session) else session
-    stmt = _LOCK_SQLITE if conn.dialect.name == "sqlite" else _LOCK_FOR_UPDATE
-    row = conn.execute(stmt).first()
+    sqlite = conn.dialect.name == "sqlite"
+    stmt = _LOCK_SQLITE if sqlite else _LOCK_FOR_UPDATE
+    try:
+        row = conn.execute(stmt).first()
+    except OperationalError as exc:
+        if sqlite and "locked" in str(exc.orig):
+            raise StoreError(
+                "audit: the SQLite store stayed locked by another writer, or this transaction read "
+                "before appending while another process wrote (SQLite cannot then upgrade it to a "
+                "writer): open such transactions with audit.transaction(site)"
+            ) from None
+        raise
     if row is None:
         _create_head(conn)
         row = conn.execute(stmt).one()
     return _Head(row.seq, row.hash, row.ts, row.checkpoint_seq or 0, row.checkpoint_ts)
+
+
+@contextmanager
+def transaction(site: Site) -> Iterator[Session]:
+    """``with audit.transaction(site) as session:`` for work that reads and then audits in one
+    transaction (an API lookup and its entry). On SQLite the chain head, hence the database write
+    lock, is taken first, so the append can never fail for a read snapshot that went stale (the
+    effect of BEGIN IMMEDIATE); other databases lock the head only when appending."""
+    with site.begin() as session:
+        if session.get_bind().dialect.name == "sqlite":
+            _lock_head(session)
+        yield session
 
 
 def _append(

@@ -10,10 +10,12 @@ import threading
 from collections import Counter
 from pathlib import Path
 
+import pytest
 from sqlalchemy import select
 
 from gateway import audit
 from gateway.audit_verify import verify_store
+from gateway.errors import StoreError
 from gateway.site import Site
 from gateway.store import Base
 
@@ -141,3 +143,44 @@ def test_verification_during_appends_sees_a_consistent_snapshot(make_site) -> No
         writer.join()
     assert failures == []
     assert verify_store(site).ok
+
+
+def _reads_then_records(site: Site, session, others: list[threading.Thread]) -> int:
+    session.execute(select(ENTRIES.c.seq).limit(1)).all()  # the request's reads come first
+    other = threading.Thread(
+        target=audit.record, args=(site,), kwargs={"actor": "job:other", "action": "sync.run"}
+    )
+    others.append(other)
+    other.start()  # another writer, committing meanwhile (or waiting for us)
+    other.join(timeout=1)
+    return audit.record(session, site=site, actor="dept:education", action="api.lookup")
+
+
+def test_read_then_record_on_a_stale_sqlite_snapshot_gets_a_clear_error(make_site) -> None:
+    site = make_site()
+    audit.record(site, actor="job:x", action="sync.run")
+    others: list[threading.Thread] = []
+    if site.engine.dialect.name != "sqlite":
+        # PostgreSQL (READ COMMITTED) re-reads the locked head row: reads first are harmless there.
+        with site.begin() as session:
+            seq = _reads_then_records(site, session, others)
+        others[0].join()
+        assert seq == 3 and verify_store(site).ok
+        return
+    with pytest.raises(StoreError, match=r"audit\.transaction\(site\)"), site.begin() as session:
+        _reads_then_records(site, session, others)
+    others[0].join()
+    assert audit.count(site) == 2 and verify_store(site).ok
+
+
+def test_audit_transaction_takes_the_lock_before_the_reads(make_site) -> None:
+    site = make_site()
+    audit.record(site, actor="job:x", action="sync.run")
+    others: list[threading.Thread] = []
+    with audit.transaction(site) as session:
+        seq = _reads_then_records(site, session, others)
+        waiting = others[0].is_alive()
+    others[0].join()
+    sqlite = site.engine.dialect.name == "sqlite"
+    assert waiting == sqlite  # on SQLite the other writer waited for our commit
+    assert seq == (2 if sqlite else 3) and audit.count(site) == 3 and verify_store(site).ok
