@@ -17,6 +17,8 @@ import pytest
 import sqlalchemy as sa
 
 from gateway import audit, ids
+from gateway.match import run_match
+from gateway.sync import run_job
 from tests import syncdata
 from tests.test_review_pages import (
     ADULT_D18,
@@ -32,9 +34,12 @@ pytestmark = pytest.mark.browser
 
 
 def _wait(driver: Any, condition: Callable[[Any], Any], timeout: float = 10) -> Any:
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    return WebDriverWait(driver, timeout).until(condition)
+    # While a form submit navigates, elements of the old page go stale: keep polling.
+    ignored = (NoSuchElementException, StaleElementReferenceException)
+    return WebDriverWait(driver, timeout, ignored_exceptions=ignored).until(condition)
 
 
 def _page_is(driver: Any, path: str) -> None:
@@ -67,10 +72,6 @@ def test_auditor_session_in_chromium(
 ) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select
-
-    syncdata.install_standins()
-    from gateway.match import run_match
-    from gateway.sync import run_job
 
     # A site with auditors, departments and a sync job; a real sync run and a match run, then
     # the exchanges of the seed.
@@ -120,7 +121,9 @@ def test_auditor_session_in_chromium(
     driver.find_element(By.NAME, "department").send_keys("education")
     Select(driver.find_element(By.NAME, "outcome")).select_by_value("delivered")
     driver.find_element(By.ID, "filter-button").click()
+    _page_is(driver, "/review/log")
     _wait(driver, lambda d: "department=education" in d.current_url)
+    _wait(driver, lambda d: d.execute_script("return document.readyState") == "complete")
     rows = driver.find_elements(By.CSS_SELECTOR, "#log-table tr.entry-row")
     assert [int(r.get_attribute("data-seq")) for r in rows] == [
         seed.seqs["edu_changes"],

@@ -21,7 +21,10 @@ from flask.testing import FlaskClient
 from werkzeug.security import generate_password_hash
 
 from gateway import audit, ids
+from gateway.match import run_match
 from gateway.site import Site
+from gateway.sync import run_job
+from tests import syncdata
 
 PASSWORDS = {
     "auditor1": "审计-correct-horse-1",
@@ -760,12 +763,6 @@ def test_verification_ok_then_names_the_first_break(
 
 
 def test_run_history_shows_sync_and_match_runs(make_site, tmp_path) -> None:
-    from tests import syncdata
-
-    syncdata.install_standins()
-    from gateway.match import run_match
-    from gateway.sync import run_job
-
     source = f"sqlite:///{tmp_path / 'source.db'}"
     syncdata.write_source(source, syncdata.people(12))
     site = make_site({**USERS_CONFIG, **syncdata.job_config(source)}, name="runs")
