@@ -163,9 +163,15 @@ def request_command(
         if follow:
             if method != "GET":
                 raise click.UsageError("--all only goes with GET")
-            for item in client.paginate(path, query):
-                click.echo(json.dumps(client.open_sealed(item), ensure_ascii=False))
-            return
+            # Page by page: each page says which dataset its sealed values belong to.
+            params: dict[str, Any] = dict(query)
+            while True:
+                page = client.open_sealed(client.page(path, params))
+                for item in page.get("items", []):
+                    click.echo(json.dumps(item, ensure_ascii=False))
+                if not page.get("next_cursor"):
+                    return
+                params["cursor"] = page["next_cursor"]
         response = client.request(method, path, json=body, params=query)
     except ClientError as exc:
         if exc.problem:
