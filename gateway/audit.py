@@ -28,9 +28,17 @@ fields=(), subject_keys=(), subject_count=None, detail=None) -> int``
     ``checkpoint_minutes`` minutes; ``checkpoint_if_due(site)`` lets a long-lived loop (the scheduler)
     sign a head that stopped moving.
 
-``search(site, **filters) -> list[dict]``, ``count(site, **filters) -> int``,
+``search(site, *, limit=100, before_seq=None, after_seq=None, ascending=False, **filters)``
+    -> list[dict] and ``count(site, **filters) -> int``; filters: id_number (+ id_type),
+    subject_keys, actor (trailing * = prefix), department, purpose, dataset, action (trailing *),
+    outcome, since, until (UTC).
 ``subject_report(site, id_number=None, *, id_type="1", subject_keys=None, actor=None) -> list[dict]``,
-``subject_keys_for_id(site, id_number, id_type="1") -> list[str]``.
+``subject_keys_for_id(site, id_number, id_type="1") -> list[str]``, ``get_entry(site, seq)``,
+``head(site)``, ``transaction(site)``.
+
+Elsewhere: ``gateway.audit_verify.verify_store(site)`` / ``verify_exports(paths, PublicKeys)`` ->
+``VerifyReport``; ``gateway.audit_export.export(site, path, ...)`` and ``prune(site, before=...,
+archive=..., actor=...)``.
 
 Entry fields: ``seq`` (dense, from 1), ``ts`` (UTC, never going back), ``actor`` (``kind:name``, e.g.
 ``job:students``, ``dept:education``, ``user:auditor1``), ``action`` (``sync.run``, ``api.lookup``,
