@@ -39,6 +39,7 @@ def create_app(site: Site | None = None, config_path: str | Path | None = None) 
         metrics,
         openapi,
         problems,
+        review,
     )
 
     if site is None:
@@ -61,4 +62,5 @@ def create_app(site: Site | None = None, config_path: str | Path | None = None) 
         jobs_api.bp,
     ):
         app.register_blueprint(blueprint)
+    review.init_app(app)  # the auditors' review pages under /review/ (session, CSRF)
     return app
