@@ -49,6 +49,12 @@ def register_transforms() -> Mapping[str, Callable[..., Any]]:
     A transform is called as ``fn(value, **params)`` and returns the new value, or raises
     ``gateway.mapping.TransformError(code, message)`` to reject the field. Two plugins
     registering the same name is a configuration error.
+
+    Optional refinements, for transforms that need them: an object with a ``compile(**params)``
+    method is compiled once per mapping field and the callable it returns is applied per row;
+    keyword-only parameters named ``native`` (the whole native row) or ``record`` (the canonical
+    fields mapped so far) are passed when declared; a ``table=`` parameter naming a code table is
+    resolved to that table (``gateway.mapping.CodeTable``) before the call.
     """
 
 
