@@ -243,6 +243,39 @@ def test_files_have_the_native_layouts(demo: tuple[Path, GroundTruth]) -> None:
     assert "村(社区)" not in CIVIL_TEMP_HEADER and "村(社区)" in CIVIL_HEADER
 
 
+def test_students_grades_ages_and_schools_agree(demo: tuple[Path, GroundTruth]) -> None:
+    from gateway.demo.county import GRADES
+
+    out, gt = demo
+    schools = {s["code"]: s for s in gt.schools}
+    _, rows = read_rows(out, STUDENTS, 2)
+    statuses = Counter()
+    for _, row in rows:
+        born = date(int(row["出生日期"][:4]), int(row["出生日期"][4:6]), int(row["出生日期"][6:]))
+        age = ids.age_at(born, gt.cutoff)
+        grade = GRADES.index(row["年级"]) + 1
+        school = schools[row["学校标识码"]]
+        assert school["name"] == row["学校名称"]
+        assert school["level"] == ("小学" if grade <= 6 else "初中")
+        assert row["学校名称"].endswith("小学" if grade <= 6 else "中学")
+        assert row["班级"].endswith("班")
+        status = row["学籍状态"]
+        statuses[status] += 1
+        if status == "毕业":
+            assert grade == 9 and age in (15, 16)
+        else:  # on time (grade + 5 at the cut-off) or a year behind
+            assert age - grade in (5, 6) or (grade == 9 and age in (15, 16)), (age, grade)
+        assert (status == "转出") or not row["转入学校"]
+        assert row["身份证件类型"] in ("1", "6", "7", "8", "A")
+        if row["身份证件类型"] == "1":
+            assert row["全国学籍号"][0] in "GL" and len(row["全国学籍号"]) == 19
+        else:
+            assert row["全国学籍号"][0] == "J"
+        assert len(str(row["监护人联系电话"])) == 11
+    assert set(statuses) == {"在读", "休学", "转出", "疑似辍学", "辍学", "毕业", "死亡"}
+    assert statuses["在读"] / sum(statuses.values()) > 0.8
+
+
 def test_csv_encodings_are_real(demo: tuple[Path, GroundTruth]) -> None:
     out, _ = demo
     raw = (out / DISABILITY).read_bytes()
