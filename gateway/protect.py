@@ -9,12 +9,20 @@
 
 The sync engine keys first and hashes (cheap), compares with the stored hash, and seals only the
 rows that are inserted or updated: an unchanged record is never sealed again.
+
+``RowFingerprints`` goes one step earlier: a keyed fingerprint of the *native* row, under a key
+derived from the blind_index key and everything that decides what a native row maps to (dataset,
+source, mapping name and version, plugin versions, stored fields). A row whose fingerprint is stored
+on a record was mapped to that record before and would be again: the sync engine counts it unchanged
+without mapping, validating, keying or hashing it. Like the content hash, it confirms nothing
+without the key.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import hmac
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -39,6 +47,7 @@ BOOKKEEPING = frozenset(
         "first_run_id",
         "last_run_id",
         "updated_at",
+        "fingerprint",
     }
 )
 RECORD_KEY_MAX = 160  # records.record_key is String(160)
@@ -91,6 +100,9 @@ class RecordProtector:
         self.plain: tuple[str, ...] = tuple(f for f in self.fields if f not in self.sealed)
         self.record_key_fields = tuple(record_key_fields) or ("subject_key",)
         self._extra_key_fields = tuple(f for f in self.record_key_fields if f != "subject_key")
+        # (keyring generation, HMAC with the key and the "content" prefix absorbed): rebuilt when
+        # the keyring changes, so the hash follows the active blind_index key like blind_index().
+        self._content: tuple[int, Any] = (-1, None)
 
     # -- keys and hashes (every row) --------------------------------------------------------------
 
@@ -124,12 +136,21 @@ class RecordProtector:
         return key
 
     def content_hash(self, record: Mapping[str, Any]) -> str:
-        """Keyed hash of the plaintext values of every stored field, in a fixed order."""
+        """Keyed hash of the plaintext values of every stored field, in a fixed order: the hex of
+        HMAC(active blind_index key, "content" GS dataset GS values joined by RS)."""
+        generation, template = self._content
+        keyring = self.protector.keyring
+        if generation != keyring.generation:
+            key = keyring.active("blind_index")
+            template = hmac.new(key.material, digestmod=self.protector.suite.hash_name)
+            template.update(("content\x1d" + self.dataset + "\x1d").encode())
+            self._content = (keyring.generation, template)
         text = "\x1e".join(
             [v if type(v) is str else canonical_text(v) for v in map(record.get, self.fields)]
         )
-        token = self.protector.blind_index("content\x1d" + self.dataset + "\x1d" + text)
-        return token.rpartition(":")[2][:64]
+        mac = template.copy()
+        mac.update(text.encode())
+        return mac.hexdigest()[:64]
 
     def key_and_hash(self, record: Mapping[str, Any]) -> tuple[str, str, str]:
         """(subject_key, record_key, content_hash); raises KeyProblem."""
@@ -140,21 +161,38 @@ class RecordProtector:
 
     def stored_columns(self, record: Mapping[str, Any], subject_key: str) -> dict[str, Any]:
         """The table's data columns for ``record``: sealed where sensitive, plain otherwise."""
-        out: dict[str, Any] = {f: record.get(f) for f in self.plain}
-        seal = self.protector.seal
-        dataset = self.dataset
+        columns = self.stored_batch([record], [subject_key])
+        return {name: values[0] for name, values in columns.items()}
+
+    def stored_batch(
+        self, records: Sequence[Mapping[str, Any]], subject_keys: Sequence[str]
+    ) -> dict[str, list[Any]]:
+        """``stored_columns`` of many records at once, column by column (each sealed field sealed
+        in one ``Protector.seal_many`` call): column name -> one value per record."""
+        out: dict[str, list[Any]] = {
+            f: [r.get(f) for r in records] for f in self.plain if f != "id_type"
+        }
+        out["id_type"] = [r.get("id_type") or "1" for r in records]
+        seal_many = self.protector.seal_many
         for name in self.sealed:
-            value = record.get(name)
-            out[name] = (
-                None
-                if value is None or value == ""
-                else seal(canonical_text(value), dataset=dataset, field=name, record=subject_key)
-            )
-        if not out.get("id_type"):
-            out["id_type"] = "1"
-        number = record.get("id_number")
-        out["id_masked"] = ids.mask(str(number)) if number else None
-        out["subject_key"] = subject_key
+            values = [r.get(name) for r in records]
+            todo = [i for i, v in enumerate(values) if v is not None and v != ""]
+            sealed: list[Any] = [None] * len(values)
+            if todo:
+                tokens = seal_many(
+                    [canonical_text(values[i]) for i in todo],
+                    dataset=self.dataset,
+                    field=name,
+                    records=[subject_keys[i] for i in todo],
+                )
+                for i, token in zip(todo, tokens, strict=True):
+                    sealed[i] = token
+            out[name] = sealed
+        mask = ids.mask
+        out["id_masked"] = [
+            mask(str(number)) if (number := r.get("id_number")) else None for r in records
+        ]
+        out["subject_key"] = list(subject_keys)
         return out
 
     # -- opening (removals to deliver, re-indexing) -----------------------------------------------
@@ -173,6 +211,58 @@ class RecordProtector:
             )
         out["subject_key"] = row.get("subject_key")
         return out
+
+
+class RowFingerprints:
+    """Keyed fingerprints of native rows (16 bytes) for one job configuration, ``context``: what
+    decides how a native row maps (dataset, source, mapping name and version, plugin versions,
+    stored fields). The key is derived from the active blind_index key, so a rotation, like any
+    change of the context, makes every stored fingerprint stale: those rows are mapped again."""
+
+    SIZE = 16
+
+    def __init__(self, protector: Protector, context: str):
+        key = protector.keyring.active("blind_index")
+        derived = protector.suite.mac(
+            key.material, b"gateway-row-fingerprint-v1\x1d" + context.encode()
+        )
+        self._template = hmac.new(derived, digestmod=protector.suite.hash_name)
+
+    def of(self, data: Mapping[str, Any]) -> bytes:
+        mac = self._template.copy()
+        mac.update(row_text(data).encode("utf-8", "surrogatepass"))
+        return mac.digest()[: self.SIZE]
+
+    def many(self, rows: Sequence[Mapping[str, Any] | None]) -> list[bytes | None]:
+        """One fingerprint per row; None for a None row (a row read with problems)."""
+        copy = self._template.copy
+        size = self.SIZE
+        out: list[bytes | None] = []
+        append = out.append
+        for data in rows:
+            if data is None:
+                append(None)
+                continue
+            mac = copy()
+            mac.update(row_text(data).encode("utf-8", "surrogatepass"))
+            append(mac.digest()[:size])
+        return out
+
+
+def row_text(data: Mapping[str, Any]) -> str:
+    """An unambiguous text of a native row, names and values in the row's order: two rows give
+    the same text only if they have the same names, in the same order, with equal values of the
+    same types. Text-only rows (CSV) take a cheap joined form; anything else, or text holding the
+    separators, takes the repr of the items (exact for str, int, float, Decimal, dates, None)."""
+    try:
+        names = "\x1f".join(data)
+        values = "\x1f".join(data.values())
+    except TypeError:  # a value (or name) that is not text
+        return "r" + repr(list(data.items()))
+    gaps = len(data) - 1
+    if names.count("\x1f") == gaps and values.count("\x1f") == gaps and "\x1e" not in names:
+        return "s" + names + "\x1e" + values
+    return "r" + repr(list(data.items()))
 
 
 def sealed_token_key_ids(row: Mapping[str, Any], fields: Iterable[str]) -> set[str]:

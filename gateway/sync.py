@@ -41,7 +41,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from . import audit
 from .connectors import Batch, Row
 from .errors import ConfigError, GatewayError, SourceError, TransientSourceError
-from .protect import KeyProblem, RecordProtector
+from .protect import KeyProblem, RecordProtector, RowFingerprints
 from .store.jobs import (
     JobCursor,
     QuarantineRow,
@@ -54,6 +54,7 @@ from .store.jobs import (
     utcnow,
 )
 from .store.records import DATASET_MODELS
+from .sync_store import DatasetTable, Found
 
 if TYPE_CHECKING:
     from sqlalchemy import Table
@@ -68,7 +69,6 @@ log = logging.getLogger(__name__)
 LEASE_TTL_S = 60.0  # a crashed holder's lease frees itself after this long (another host)
 BACKOFF_BASE_S = 0.5
 BACKOFF_CAP_S = 30.0
-SELECT_CHUNK = 2000  # record keys per IN (...) lookup
 REMOVAL_SCAN_CHUNK = 20_000
 
 
@@ -410,7 +410,10 @@ class JobRunner:
         self.lease = lease
         self.actor = actor or f"job:{job.name}"
         self.table = job.table
+        self.store = DatasetTable(job.table, site.engine.dialect.name, site.engine.dialect)
         self.rp = job.protector
+        # Set when the run starts (a replay and a --full run map every row).
+        self.fingerprinter: RowFingerprints | None = None
         self.mapper = job.mapper
         self.snapshot = job.settings.mode == "snapshot"
         self.seen = SeenIds()
@@ -455,6 +458,8 @@ class JobRunner:
         total = getattr(connector, "estimate_rows", None)
         with contextlib.suppress(Exception):  # an estimate is a nicety, never a failure
             s.total = total() if callable(total) else None
+        if not self.full:
+            self.fingerprinter = RowFingerprints(self.site.protector, self._fingerprint_context())
         if self.dry_run:
             # A dry run compares the whole export (snapshot) or what follows the cursor
             # (incremental) with the store, writing nothing.
@@ -552,6 +557,31 @@ class JobRunner:
             self.reading_done = bool(state.reading_done)
             state.updated_at = now
 
+    def _fingerprint_context(self) -> str:
+        """Everything that decides what a native row of this job maps to and how it is stored:
+        a change to any of it makes every stored fingerprint of the job stale."""
+        from importlib.metadata import PackageNotFoundError, version
+
+        from .plugins import plugin_versions
+
+        try:
+            gateway_version = version("county-gateway")
+        except PackageNotFoundError:
+            gateway_version = "unknown"
+        rp = self.rp
+        return json.dumps(
+            {
+                "dataset": self.job.dataset,
+                "source": self.job.source,
+                "mapping": [self.summary.mapping_name, self.summary.mapping_version],
+                "mapper": type(self.mapper).__qualname__,
+                "gateway": gateway_version,
+                "plugins": plugin_versions(self.site.plugins),
+                "fields": [rp.fields, rp.sealed, rp.record_key_fields],
+            },
+            sort_keys=True,
+        )
+
     # ---- the loop ------------------------------------------------------------------------
 
     def run(self, connector: Connector) -> RunSummary:
@@ -623,13 +653,42 @@ class JobRunner:
         validate = self._validate
         dataset = self.job.dataset
         key_and_hash = rp.key_and_hash
+        run_ids = self.run_ids
+        seen_batch_of = self.seen.batch_of
+        rows = batch.rows
         quarantine: list[_Q] = []
-        pending: dict[str, tuple[Row, dict[str, Any], str, str]] = {}
+        # record_key -> (index in the batch, row, record, subject key, content hash, fingerprint)
+        pending: dict[str, tuple[int, Row, dict[str, Any], str, str, bytes | None]] = {}
         keep: list[str] = []  # record keys of quarantined rows: their stored row is still there
-        for row in batch.rows:
+        # Stored rows this batch matched so far: row id -> (index in the batch, row). The first
+        # row of the input wins; a later one with the same stored row is a duplicate.
+        claimed: dict[int, tuple[int, Row]] = {}
+        seen_ids: list[int] = []
+        unchanged = 0
+        fingerprints = self._fingerprints(rows)
+        hits = self._by_fingerprint(fingerprints)
+        for i, row in enumerate(rows):
             if row.problems:
                 fld, code, _ = row.problems[0]
                 quarantine.append(_Q(row, "read", fld, code, "; ".join(p[2] for p in row.problems)))
+                continue
+            fp = fingerprints[i]
+            hit = hits.get(fp) if hits and fp is not None else None
+            if hit is not None:
+                # The very native row a stored record was made from: unchanged, unless the row is
+                # a duplicate of one read before in this run.
+                row_id, last_run = hit
+                first = claimed.get(row_id)
+                if first is not None:
+                    quarantine.append(self._duplicate_of(row, first[1]))
+                    continue
+                earlier = seen_batch_of(row_id)
+                if earlier or last_run in run_ids:
+                    quarantine.append(self._duplicate(row, earlier or self._inserted_by(row_id)))
+                    continue
+                claimed[row_id] = (i, row)
+                seen_ids.append(row_id)
+                unchanged += 1
                 continue
             record, errors = map_row(row.data)
             stage = "map"
@@ -652,35 +711,26 @@ class JobRunner:
             except KeyProblem as problem:
                 quarantine.append(_Q(row, "key", problem.field, problem.code, problem.message))
                 continue
-            first = pending.get(record_key)
-            if first is not None:
-                quarantine.append(
-                    _Q(
-                        row,
-                        "duplicate",
-                        "record_key",
-                        "duplicate",
-                        f"same record key as the row at {first[0].position} in this run; the first is kept",
-                    )
-                )
+            first_pending = pending.get(record_key)
+            if first_pending is not None:
+                quarantine.append(self._duplicate_of(row, first_pending[1]))
                 continue
-            pending[record_key] = (row, record, subject_key, content_hash)
+            pending[record_key] = (i, row, record, subject_key, content_hash, fp)
 
         existing = self._existing(list(pending) + keep)
         this_batch = self.batch_no + 1
-        inserts: list[tuple[str, Row, dict[str, Any], str, str]] = []
-        updates: list[tuple[int, str, Row, dict[str, Any], str, str]] = []
-        seen_ids: list[int] = []
-        unchanged = 0
-        for record_key, (row, record, subject_key, content_hash) in pending.items():
+        inserts: list[tuple[str, dict[str, Any], str, str, bytes | None]] = []
+        updates: list[tuple[int, str, dict[str, Any], str, str, bytes | None]] = []
+        refresh: list[tuple[bytes, int]] = []  # (fingerprint, id): unchanged, newly fingerprinted
+        for record_key, (i, row, record, subject_key, content_hash, fp) in pending.items():
             found = existing.get(record_key)
             if found is None:
                 if self.dry_run and record_key in self.new_keys:
                     quarantine.append(self._duplicate(row, None))
                     continue
-                inserts.append((record_key, row, record, subject_key, content_hash))
+                inserts.append((record_key, record, subject_key, content_hash, fp))
                 continue
-            row_id, stored_hash, removed, last_run = found
+            row_id, stored_hash, removed, last_run, stored_fp = found
             if (
                 self.replaying is not None
                 and self.replaying[id(row)].reason == "duplicate"
@@ -696,20 +746,33 @@ class JobRunner:
                     )
                 )
                 continue
-            earlier = self.seen.batch_of(row_id)
-            if earlier or last_run in self.run_ids:
-                # Seen in an earlier batch, or inserted by one (inserted ids are not tracked:
-                # their last_run_id says it, and skipping RETURNING makes inserts ~35% cheaper).
-                quarantine.append(self._duplicate(row, earlier or self._inserted_by(row_id)))
-                continue
-            seen_ids.append(row_id)
+            first = claimed.get(row_id)
+            if first is not None:
+                # Matched by its fingerprint by another row of this batch.
+                if first[0] < i:
+                    quarantine.append(self._duplicate_of(row, first[1]))
+                    continue
+                # That row comes later in the input: this one wins, that one is the duplicate.
+                quarantine.append(self._duplicate_of(first[1], row))
+                unchanged -= 1
+            else:
+                earlier = seen_batch_of(row_id)
+                if earlier or last_run in run_ids:
+                    # Seen in an earlier batch, or inserted by one (inserted ids are not tracked:
+                    # their last_run_id says it).
+                    quarantine.append(self._duplicate(row, earlier or self._inserted_by(row_id)))
+                    continue
+                seen_ids.append(row_id)
+            claimed[row_id] = (i, row)
             if removed or stored_hash != content_hash:
-                updates.append((row_id, record_key, row, record, subject_key, content_hash))
+                updates.append((row_id, record_key, record, subject_key, content_hash, fp))
             else:
                 unchanged += 1
+                if fp is not None and fp != stored_fp:
+                    refresh.append((fp, row_id))
         for record_key in keep:
             found = existing.get(record_key)
-            if found is not None and not found[2] and not self.seen.batch_of(found[0]):
+            if found is not None and not found[2] and not seen_batch_of(found[0]):
                 seen_ids.append(found[0])
 
         s = self.summary
@@ -720,52 +783,51 @@ class JobRunner:
             return
 
         delivered = self._deliver(
-            [(rec, sk, "inserted") for _, _, rec, sk, _ in inserts]
-            + [(rec, sk, "updated") for _, _, _, rec, sk, _ in updates]
+            [(rec, sk, "inserted") for _, rec, sk, _, _ in inserts]
+            + [(rec, sk, "updated") for _, _, rec, sk, _, _ in updates]
         )
         now = utcnow()
+        store = self.store
         with self.site.begin() as session:
             conn = session.connection()
+            store.tune(conn)
             inserted_upto: int | None = None
             if inserts:
-                rows = [
-                    {
-                        **rp.stored_columns(rec, sk),
-                        "source": self.job.source,
-                        "record_key": rk,
-                        "content_hash": ch,
-                        "removed": False,
-                        "first_run_id": s.run_id,
-                        "last_run_id": s.run_id,
-                        "updated_at": now,
-                    }
-                    for rk, _, rec, sk, ch in inserts
-                ]
-                conn.execute(insert(self.table), rows)
+                columns = rp.stored_batch(
+                    [rec for _, rec, _, _, _ in inserts], [sk for _, _, sk, _, _ in inserts]
+                )
+                n = len(inserts)
+                columns.update(
+                    source=[self.job.source] * n,
+                    record_key=[rk for rk, *_ in inserts],
+                    content_hash=[ch for _, _, _, ch, _ in inserts],
+                    removed=[False] * n,
+                    first_run_id=[s.run_id] * n,
+                    last_run_id=[s.run_id] * n,
+                    updated_at=[now] * n,
+                    fingerprint=[fp for *_, fp in inserts],
+                )
+                store.insert(conn, columns)
                 inserted_upto = conn.execute(select(func.max(self.table.c.id))).scalar_one()
             if updates:
-                t = self.table
-                stmt = update(t).where(t.c.id == bindparam("_id"))
-                conn.execute(
-                    stmt,
-                    [
-                        {
-                            **rp.stored_columns(rec, sk),
-                            "_id": row_id,
-                            "record_key": rk,
-                            "content_hash": ch,
-                            "removed": False,
-                            "last_run_id": s.run_id,
-                            "updated_at": now,
-                        }
-                        for row_id, rk, _, rec, sk, ch in updates
-                    ],
+                columns = rp.stored_batch(
+                    [rec for _, _, rec, _, _, _ in updates], [sk for _, _, _, sk, _, _ in updates]
                 )
+                n = len(updates)
+                columns.update(
+                    source=[self.job.source] * n,
+                    record_key=[rk for _, rk, *_ in updates],
+                    content_hash=[ch for _, _, _, _, ch, _ in updates],
+                    removed=[False] * n,
+                    last_run_id=[s.run_id] * n,
+                    updated_at=[now] * n,
+                    fingerprint=[fp for *_, fp in updates],
+                )
+                store.update(conn, columns, [row_id for row_id, *_ in updates])
+            store.set_fingerprints(conn, refresh)
             if quarantine:
                 self._store_quarantine(conn, quarantine, now)
-            positions = (
-                (batch.rows[0].position, batch.rows[-1].position) if batch.rows else ("", "")
-            )
+            positions = (rows[0].position, rows[-1].position) if rows else ("", "")
             if self.replaying is not None:
                 self._resolve_replayed(conn, batch, quarantine, now)
             elif self.snapshot:
@@ -785,7 +847,7 @@ class JobRunner:
                     state.cursor = json.dumps(batch.cursor, default=str)
                 state.batch_no = this_batch
                 state.updated_at = now
-            n_read = len(batch.rows)
+            n_read = len(rows)
             session.execute(
                 update(Run)
                 .where(Run.id == s.run_id)
@@ -932,21 +994,39 @@ class JobRunner:
             f"same record key as {where}; the first is kept",
         )
 
-    def _existing(self, keys: Sequence[str]) -> dict[str, tuple[int, str, bool, int | None]]:
-        """record_key -> (id, content_hash, removed, last_run_id) of the stored rows among ``keys``."""
+    def _existing(self, keys: Sequence[str]) -> dict[str, Found]:
+        """record_key -> (id, content_hash, removed, last_run_id, fingerprint) of the stored rows
+        among ``keys``."""
         if not keys:
             return {}
-        t = self.table
-        out: dict[str, tuple[int, str, bool, int | None]] = {}
-        stmt = select(t.c.record_key, t.c.id, t.c.content_hash, t.c.removed, t.c.last_run_id).where(
-            t.c.source == self.job.source, t.c.record_key.in_(bindparam("keys", expanding=True))
-        )
         with self.site.engine.connect() as conn:
-            for i in range(0, len(keys), SELECT_CHUNK):
-                found = conn.execute(stmt, {"keys": keys[i : i + SELECT_CHUNK]}).all()
-                for rk, rid, ch, removed, last_run in found:
-                    out[rk] = (rid, ch, bool(removed), last_run)
-        return out
+            self.store.tune(conn)
+            return self.store.by_record_key(conn, self.job.source, keys)
+
+    def _fingerprints(self, rows: Sequence[Row]) -> list[bytes | None]:
+        """The rows' fingerprints (None for rows read with problems), or all None when this run
+        maps every row (a replay, a --full run)."""
+        if self.fingerprinter is None:
+            return [None] * len(rows)
+        return self.fingerprinter.many([None if r.problems else r.data for r in rows])
+
+    def _by_fingerprint(self, fingerprints: Sequence[bytes | None]) -> dict[bytes, Any]:
+        """fingerprint -> (id, last_run_id) of the stored rows carrying one of them."""
+        wanted = [fp for fp in fingerprints if fp is not None]
+        if not wanted:
+            return {}
+        with self.site.engine.connect() as conn:
+            self.store.tune(conn)
+            return self.store.by_fingerprint(conn, self.job.source, wanted)
+
+    def _duplicate_of(self, row: Row, first: Row) -> _Q:
+        return _Q(
+            row,
+            "duplicate",
+            "record_key",
+            "duplicate",
+            f"same record key as the row at {first.position} in this run; the first is kept",
+        )
 
     def _store_quarantine(self, conn: Any, rows: list[_Q], now: dt.datetime) -> None:
         if self.replaying is not None:
@@ -1075,11 +1155,7 @@ class JobRunner:
         t = self.table
         source = self.job.source
         with self.site.engine.connect() as conn:
-            present = conn.execute(
-                select(func.count())
-                .select_from(t)
-                .where(t.c.source == source, t.c.removed.is_(False))
-            ).scalar_one()
+            present = self.store.present(conn, source)
         inserted = 0
         if self.run_ids and not self.dry_run:
             with self.site.engine.connect() as conn:
@@ -1139,7 +1215,7 @@ class JobRunner:
             session.execute(
                 update(t)
                 .where(t.c.id.in_([r["id"] for r in rows]), t.c.removed.is_(False))
-                .values(removed=True, last_run_id=s.run_id, updated_at=now)
+                .values(removed=True, last_run_id=s.run_id, updated_at=now, fingerprint=None)
             )
             session.execute(
                 update(Run)

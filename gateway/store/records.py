@@ -9,7 +9,17 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import BigInteger, Boolean, Date, DateTime, Integer, SmallInteger, String, Text
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Date,
+    DateTime,
+    Integer,
+    LargeBinary,
+    SmallInteger,
+    String,
+    Text,
+)
 from sqlalchemy.orm import Mapped, declared_attr, mapped_column
 
 from .base import Base
@@ -39,12 +49,28 @@ class RecordMixin:
     first_run_id: Mapped[int | None] = mapped_column(BigInteger)
     last_run_id: Mapped[int | None] = mapped_column(BigInteger)
     updated_at: Mapped[dt.datetime] = mapped_column(DateTime)
+    # Keyed fingerprint (16 bytes) of the native row this version was stored from, under a key
+    # derived for this source, mapping and blind_index key (gateway/sync.py): a later row with the
+    # same fingerprint is unchanged without being mapped again. NULL once the row is removed.
+    fingerprint: Mapped[bytes | None] = mapped_column(LargeBinary(16))
 
     @declared_attr.directive
     def __table_args__(cls):  # noqa: N805 - SQLAlchemy's declared_attr convention
-        from sqlalchemy import UniqueConstraint
+        from sqlalchemy import Index, UniqueConstraint
 
-        return (UniqueConstraint("source", "record_key"),)
+        # The sync's look-up by fingerprint reads this index only, never the table rows (it needs
+        # last_run_id: which rows this run wrote already), and so does its count of the rows a
+        # snapshot may have to mark removed.
+        return (
+            UniqueConstraint("source", "record_key"),
+            Index(
+                f"ix_{cls.__tablename__}_fingerprint",
+                "source",
+                "removed",
+                "fingerprint",
+                "last_run_id",
+            ),
+        )
 
 
 class Student(RecordMixin, Base):

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-24 04:39:52.324065
+Create Date: 2026-11-24 05:03:16.703055
 """
 
 from __future__ import annotations
@@ -41,11 +41,13 @@ def upgrade() -> None:
     sa.Column('first_run_id', sa.BigInteger(), nullable=True),
     sa.Column('last_run_id', sa.BigInteger(), nullable=True),
     sa.Column('updated_at', sa.DateTime(), nullable=False),
+    sa.Column('fingerprint', sa.LargeBinary(length=16), nullable=True),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_aid_granted')),
     sa.UniqueConstraint('source', 'record_key', name=op.f('uq_aid_granted_source_record_key'))
     )
     with op.batch_alter_table('aid_granted', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_aid_granted_area_code'), ['area_code'], unique=False)
+        batch_op.create_index('ix_aid_granted_fingerprint', ['source', 'removed', 'fingerprint', 'last_run_id'], unique=False)
         batch_op.create_index(batch_op.f('ix_aid_granted_subject_key'), ['subject_key'], unique=False)
 
     op.create_table('api_nonces',
@@ -81,11 +83,13 @@ def upgrade() -> None:
     sa.Column('first_run_id', sa.BigInteger(), nullable=True),
     sa.Column('last_run_id', sa.BigInteger(), nullable=True),
     sa.Column('updated_at', sa.DateTime(), nullable=False),
+    sa.Column('fingerprint', sa.LargeBinary(length=16), nullable=True),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_assistance')),
     sa.UniqueConstraint('source', 'record_key', name=op.f('uq_assistance_source_record_key'))
     )
     with op.batch_alter_table('assistance', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_assistance_area_code'), ['area_code'], unique=False)
+        batch_op.create_index('ix_assistance_fingerprint', ['source', 'removed', 'fingerprint', 'last_run_id'], unique=False)
         batch_op.create_index(batch_op.f('ix_assistance_subject_key'), ['subject_key'], unique=False)
 
     op.create_table('audit_anchors',
@@ -180,11 +184,13 @@ def upgrade() -> None:
     sa.Column('first_run_id', sa.BigInteger(), nullable=True),
     sa.Column('last_run_id', sa.BigInteger(), nullable=True),
     sa.Column('updated_at', sa.DateTime(), nullable=False),
+    sa.Column('fingerprint', sa.LargeBinary(length=16), nullable=True),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_disability')),
     sa.UniqueConstraint('source', 'record_key', name=op.f('uq_disability_source_record_key'))
     )
     with op.batch_alter_table('disability', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_disability_area_code'), ['area_code'], unique=False)
+        batch_op.create_index('ix_disability_fingerprint', ['source', 'removed', 'fingerprint', 'last_run_id'], unique=False)
         batch_op.create_index(batch_op.f('ix_disability_subject_key'), ['subject_key'], unique=False)
 
     op.create_table('match_counts',
@@ -288,11 +294,13 @@ def upgrade() -> None:
     sa.Column('first_run_id', sa.BigInteger(), nullable=True),
     sa.Column('last_run_id', sa.BigInteger(), nullable=True),
     sa.Column('updated_at', sa.DateTime(), nullable=False),
+    sa.Column('fingerprint', sa.LargeBinary(length=16), nullable=True),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_poverty')),
     sa.UniqueConstraint('source', 'record_key', name=op.f('uq_poverty_source_record_key'))
     )
     with op.batch_alter_table('poverty', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_poverty_area_code'), ['area_code'], unique=False)
+        batch_op.create_index('ix_poverty_fingerprint', ['source', 'removed', 'fingerprint', 'last_run_id'], unique=False)
         batch_op.create_index(batch_op.f('ix_poverty_subject_key'), ['subject_key'], unique=False)
 
     op.create_table('quarantine',
@@ -352,11 +360,13 @@ def upgrade() -> None:
     sa.Column('first_run_id', sa.BigInteger(), nullable=True),
     sa.Column('last_run_id', sa.BigInteger(), nullable=True),
     sa.Column('updated_at', sa.DateTime(), nullable=False),
+    sa.Column('fingerprint', sa.LargeBinary(length=16), nullable=True),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_residents')),
     sa.UniqueConstraint('source', 'record_key', name=op.f('uq_residents_source_record_key'))
     )
     with op.batch_alter_table('residents', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_residents_area_code'), ['area_code'], unique=False)
+        batch_op.create_index('ix_residents_fingerprint', ['source', 'removed', 'fingerprint', 'last_run_id'], unique=False)
         batch_op.create_index(batch_op.f('ix_residents_subject_key'), ['subject_key'], unique=False)
 
     op.create_table('runs',
@@ -437,11 +447,13 @@ def upgrade() -> None:
     sa.Column('first_run_id', sa.BigInteger(), nullable=True),
     sa.Column('last_run_id', sa.BigInteger(), nullable=True),
     sa.Column('updated_at', sa.DateTime(), nullable=False),
+    sa.Column('fingerprint', sa.LargeBinary(length=16), nullable=True),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_students')),
     sa.UniqueConstraint('source', 'record_key', name=op.f('uq_students_source_record_key'))
     )
     with op.batch_alter_table('students', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_students_area_code'), ['area_code'], unique=False)
+        batch_op.create_index('ix_students_fingerprint', ['source', 'removed', 'fingerprint', 'last_run_id'], unique=False)
         batch_op.create_index(batch_op.f('ix_students_school_code'), ['school_code'], unique=False)
         batch_op.create_index(batch_op.f('ix_students_status'), ['status'], unique=False)
         batch_op.create_index(batch_op.f('ix_students_subject_key'), ['subject_key'], unique=False)
@@ -468,6 +480,7 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_students_subject_key'))
         batch_op.drop_index(batch_op.f('ix_students_status'))
         batch_op.drop_index(batch_op.f('ix_students_school_code'))
+        batch_op.drop_index('ix_students_fingerprint')
         batch_op.drop_index(batch_op.f('ix_students_area_code'))
 
     op.drop_table('students')
@@ -479,6 +492,7 @@ def downgrade() -> None:
     op.drop_table('runs')
     with op.batch_alter_table('residents', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_residents_subject_key'))
+        batch_op.drop_index('ix_residents_fingerprint')
         batch_op.drop_index(batch_op.f('ix_residents_area_code'))
 
     op.drop_table('residents')
@@ -492,6 +506,7 @@ def downgrade() -> None:
     op.drop_table('quarantine')
     with op.batch_alter_table('poverty', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_poverty_subject_key'))
+        batch_op.drop_index('ix_poverty_fingerprint')
         batch_op.drop_index(batch_op.f('ix_poverty_area_code'))
 
     op.drop_table('poverty')
@@ -508,6 +523,7 @@ def downgrade() -> None:
     op.drop_table('match_counts')
     with op.batch_alter_table('disability', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_disability_subject_key'))
+        batch_op.drop_index('ix_disability_fingerprint')
         batch_op.drop_index(batch_op.f('ix_disability_area_code'))
 
     op.drop_table('disability')
@@ -530,6 +546,7 @@ def downgrade() -> None:
     op.drop_table('audit_anchors')
     with op.batch_alter_table('assistance', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_assistance_subject_key'))
+        batch_op.drop_index('ix_assistance_fingerprint')
         batch_op.drop_index(batch_op.f('ix_assistance_area_code'))
 
     op.drop_table('assistance')
@@ -539,6 +556,7 @@ def downgrade() -> None:
     op.drop_table('api_nonces')
     with op.batch_alter_table('aid_granted', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_aid_granted_subject_key'))
+        batch_op.drop_index('ix_aid_granted_fingerprint')
         batch_op.drop_index(batch_op.f('ix_aid_granted_area_code'))
 
     op.drop_table('aid_granted')
