@@ -27,7 +27,8 @@ The lists (``LISTS``) and the choices made where the seeds leave room:
     转出 with a destination (in school elsewhere), 毕业 graduated (left the ledger lawfully, e.g. a
     15-year-old who finished junior middle school: not out of school), 死亡 deceased (excluded),
     转出 without a destination (not out of school, but on ``transfer_check``), then 疑似辍学,
-    辍学, an unknown status, or no student record at all: ``out_of_school``. A person with no known
+    辍学, an unknown status, or no student record at all: ``out_of_school`` (among records of one
+    rank, the most recently stored one is shown, with its school). A person with no known
     birth date in any registry cannot be placed in the age range and is not listed. Township and
     village come from the registry row chosen in the order residents (户籍), poverty, disability,
     assistance, then the latest record; ``in_*`` columns say which registries the person is in.
@@ -43,12 +44,18 @@ The lists (``LISTS``) and the choices made where the seeds leave room:
 ``aid_gaps``
     Rows of ``flags`` whose student is enrolled and who have no ``aid_granted`` row from the system
     named in ``[match] aid_dataset`` granted in the current school year (after the cut-off, on or
-    before ``as_of``). Not computed when no aid dataset is configured.
+    before ``as_of``; any programme; a grant with no date counts). Not computed when no aid dataset
+    is configured.
 
 Monthly report: ``match_counts`` holds, for every list, distinct subjects in total, per township
 (``area_code``) and per school, with ``new`` and ``resolved`` against the previous run: the latest
 successful run with an ``as_of`` on or before this one's (so a re-run with no new data changes
 nothing, and the monthly run compares with last month's). ``trend`` reads the last run of each month.
+
+Rows meet only under the same blind-index key: after ``gateway keys rotate`` the stored subject keys
+must be re-indexed (``gateway keys reindex``) before matching. Per-person flags and the registry
+people of compulsory age are computed once per run into indexed temporary tables that the lists
+join (derived tables would leave SQLite without an index to join on).
 """
 
 from __future__ import annotations
@@ -296,7 +303,9 @@ _WORK = sa.MetaData()
 FLAGS_WORK = sa.Table(
     "match_work_flags",
     _WORK,
-    sa.Column("subject_key", sa.String(100), primary_key=True),
+    sa.Column(
+        "subject_key", sa.String(100), nullable=False
+    ),  # unique: indexed by _index_and_analyze
     sa.Column("has_poverty", sa.Integer),
     sa.Column("lifted", sa.Integer),
     sa.Column("monitor_type", sa.String(16)),
@@ -436,13 +445,15 @@ def _prepare(conn: Connection, p: _Params) -> int:
     rows = conn.execute(
         sa.insert(FLAGS_WORK).from_select(["subject_key", *columns], merged)
     ).rowcount
-    _analyze(conn, FLAGS_WORK)
+    _index_and_analyze(conn, FLAGS_WORK)
     return rows
 
 
-def _analyze(conn: Connection, table: sa.Table) -> None:
-    """Statistics for a work table: without them SQLite scans the million students and probes the
-    work table instead of the other way round (6x slower), and PostgreSQL guesses its size."""
+def _index_and_analyze(conn: Connection, table: sa.Table) -> None:
+    """Index a filled work table on subject_key (built once, sorted, cheaper than maintaining it
+    per inserted row) and give it statistics: without them SQLite scans the million students and
+    probes the work table instead of the other way round (6x slower), and PostgreSQL guesses."""
+    conn.exec_driver_sql(f"CREATE UNIQUE INDEX ix_{table.name} ON {table.name} (subject_key)")
     schema = "temp." if conn.dialect.name == "sqlite" else ""
     conn.exec_driver_sql(f"ANALYZE {schema}{table.name}")
 
@@ -574,7 +585,9 @@ _BASE = literal_column(str(_RANK_BASE), sa.BigInteger)  # inlined: PostgreSQL ty
 PEOPLE_WORK = sa.Table(
     "match_work_people",
     _WORK,
-    sa.Column("subject_key", sa.String(100), primary_key=True),
+    sa.Column(
+        "subject_key", sa.String(100), nullable=False
+    ),  # unique: indexed by _index_and_analyze
     sa.Column("prio", sa.Integer),
     sa.Column("record_id", sa.BigInteger),
     sa.Column("id_type", sa.String(1)),
@@ -635,7 +648,7 @@ def _people(conn: Connection, p: _Params) -> int:
     ).where(windowed.c.rn == 1, windowed.c.birth_date.is_not(None))
     PEOPLE_WORK.create(conn)
     rows = conn.execute(sa.insert(PEOPLE_WORK).from_select(columns, stmt)).rowcount
-    _analyze(conn, PEOPLE_WORK)
+    _index_and_analyze(conn, PEOPLE_WORK)
     return rows
 
 
@@ -914,6 +927,20 @@ def default_actor() -> str:
     return f"user:{user or 'unknown'}"
 
 
+_WORK_MEM = 128 * 1024**2
+
+
+def _tune(conn: Connection) -> None:
+    """PostgreSQL: let this transaction's sorts and hashes of the registries stay in memory (the
+    default 4 MB spills them to disk); never lowers a larger setting, ends with the transaction."""
+    if conn.dialect.name == "postgresql":
+        have = conn.exec_driver_sql(
+            "SELECT pg_size_bytes(current_setting('work_mem'))"
+        ).scalar_one()
+        if have < _WORK_MEM:
+            conn.exec_driver_sql(f"SET LOCAL work_mem = '{_WORK_MEM // 1024**2}MB'")
+
+
 def _previous_run(conn: Connection, as_of: dt.date, exclude: int) -> int | None:
     row = conn.execute(
         select(RUNS.c.id)
@@ -967,13 +994,14 @@ def run_match(
         ).inserted_primary_key[0]
     try:
         with site.engine.begin() as conn:
+            _tune(conn)
             previous = _previous_run(conn, as_of, run_id)
             params = _Params(
                 run_id, as_of, cutoff, lower, upper, settings.match.aid_dataset, previous
             )
             for step in _STEPS:
                 began = time.perf_counter()
-                rows = step(conn, params)
+                rows = step(conn, params)  # rowcount: -1 where the driver does not tell
                 log.info(
                     "match run %s: %s: %d rows in %.2f s",
                     run_id,
@@ -996,6 +1024,8 @@ def run_match(
                     counts={k: vars(v) for k, v in totals.items()},
                 )
             )
+            began = time.perf_counter()
+        log.info("match run %s: committed in %.2f s", run_id, time.perf_counter() - began)
     except Exception as exc:
         # The statements carry no personal data (it all stays in SQL): the driver's first line
         # is safe to keep and show.
@@ -1013,9 +1043,11 @@ def run_match(
         if isinstance(exc, SQLAlchemyError):
             raise StoreError(f"match run {run_id} failed: {error}") from exc
         raise
+    began = time.perf_counter()
     summary = get_run(site, run_id)
     _audit_run(site, summary, outcome="ok")
     _notify(site, summary)
+    log.info("match run %s: audited in %.2f s", run_id, time.perf_counter() - began)
     return summary
 
 

@@ -21,6 +21,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from openpyxl import Workbook
+from openpyxl.cell.cell import ILLEGAL_CHARACTERS_RE
 
 from . import match
 from .crypto import CryptoError
@@ -285,6 +286,10 @@ def _label(column: str, value: Any) -> Any:
         return REASONS.get(value, value)
     if column == "registries":
         return "、".join(REGISTRY_LABELS.get(v, v) for v in value) or None
+    if isinstance(value, str):
+        return ILLEGAL_CHARACTERS_RE.sub(
+            "", value
+        )  # control characters from a source: XML forbids them
     return value
 
 

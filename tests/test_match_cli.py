@@ -10,12 +10,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from click.testing import CliRunner, Result
 from openpyxl import load_workbook
 
 from gateway import audit, ids, match
 from gateway.cli import cli
 from gateway.commands.match import match_command
+from gateway.store.records import Poverty
 from tests.matchdata import EXPECTED, T1, T2, T3, MatchData, build_county
 
 cli.add_command(match_command)  # main() does this for the console script
@@ -260,3 +262,23 @@ def test_unwritable_output(county, tmp_path):
     result = run(site, "--as-of", "2025-03-15", "--out", str(tmp_path / "missing" / "x.json"))
     assert result.exit_code == 2
     assert "error: match: cannot write" in result.output
+
+
+def test_a_token_that_does_not_open_is_shown_empty(county, tmp_path):
+    site, b = county()
+    # Another person's sealed name moved onto o_pov_only's row: bound to another record, it must not open.
+    t = Poverty.__table__
+    with site.engine.begin() as conn:
+        other = conn.execute(
+            sa.select(t.c.name).where(t.c.subject_key == b.key("f_lifted"))
+        ).scalar_one()
+        conn.execute(sa.update(t).where(t.c.subject_key == b.key("o_pov_only")).values(name=other))
+    out = tmp_path / "lists.json"
+    result = run(site, "--as-of", "2025-03-15", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    assert "warning: 1 sealed names/IDs did not open" in result.output
+    doc = json.loads(out.read_text(encoding="utf-8"))
+    row = next(r for r in doc["lists"]["out_of_school"] if r["subject_key"] == b.key("o_pov_only"))
+    assert row["name"] is None
+    assert b.people["f_lifted"].name[0] + "*" not in json.dumps(row, ensure_ascii=False)
+    assert audit.search(site, action="match.export")[0]["detail"]["unopened"] == 1
