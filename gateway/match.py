@@ -1273,7 +1273,7 @@ def trend(
     _check_list(list_name)
     last = (
         select(RUNS.c.period, func.max(RUNS.c.id).label("run_id"))
-        .where(RUNS.c.status == "ok")
+        .where(RUNS.c.status.in_(_COUNTED))
         .group_by(RUNS.c.period)
         .subquery("last")
     )
@@ -1306,6 +1306,41 @@ def trend(
         }
         for r in reversed(rows)
     ]
+
+
+# Runs whose counts stand: "pruned" runs had their list rows deleted by prune_rows, counts kept.
+_COUNTED = ("ok", "pruned")
+
+
+def prune_rows(site: Site, *, keep_months: int = 13) -> int:
+    """Delete the list rows of runs nobody needs any more; returns the rows deleted.
+
+    Kept: the last successful run of each of the newest ``keep_months`` months (the lists behind
+    the trend, and the baseline of the next comparison). Every run keeps its counts, so the trend
+    stays complete; a pruned run is marked ``pruned`` and is never a comparison baseline again.
+    """
+    if keep_months < 1:
+        raise MatchError("keep_months must be at least 1")
+    with site.engine.begin() as conn:
+        newest = conn.execute(
+            select(func.max(RUNS.c.id))
+            .where(RUNS.c.status == "ok")
+            .group_by(RUNS.c.period)
+            .order_by(RUNS.c.period.desc())
+            .limit(keep_months)
+        ).scalars()
+        keep = set(newest)
+        doomed = [
+            r
+            for r in conn.execute(select(RUNS.c.id).where(RUNS.c.status == "ok")).scalars()
+            if r not in keep
+        ]
+        deleted = 0
+        for run_id in doomed:
+            deleted += conn.execute(sa.delete(M).where(M.c.run_id == run_id)).rowcount
+            conn.execute(sa.update(RUNS).where(RUNS.c.id == run_id).values(status="pruned"))
+    log.info("match: pruned the lists of %d runs (%d rows)", len(doomed), deleted)
+    return deleted
 
 
 def subject_keys(site: Site, run_id: int, list_names: Sequence[str] | None = None) -> Iterator[str]:

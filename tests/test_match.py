@@ -377,3 +377,32 @@ def test_birth_bounds_match_age_at():
     assert (lo, up) == (D(2008, 2, 29), D(2018, 2, 28))
     assert not (lo < D(2008, 2, 29) <= up)  # 16 on 2024-02-29
     assert ids.age_at(D(2008, 2, 29), D(2024, 2, 29)) == 16
+
+
+def test_prune_keeps_the_last_run_of_recent_months_and_all_counts(county):
+    site, b = county
+    feb = match.run_match(site, D(2025, 2, 10))
+    march_early = match.run_match(site, D(2025, 3, 1))
+    march = match.run_match(site, AS_OF)
+    april = match.run_match(site, D(2025, 4, 15))
+    before = match.trend(site, "out_of_school")
+    stored = sum(
+        len(rows(site, name, run.run_id)) for run in (feb, march_early) for name in match.LISTS
+    )
+    deleted = match.prune_rows(site, keep_months=2)
+    kept = {r.run_id: r.status for r in match.list_runs(site)}
+    assert kept == {
+        feb.run_id: "pruned",
+        march_early.run_id: "pruned",
+        march.run_id: "ok",
+        april.run_id: "ok",
+    }
+    assert deleted == stored
+    assert rows(site, "out_of_school", feb.run_id) == []
+    assert labelled(b, rows(site, "out_of_school", march.run_id)) == EXPECTED["out_of_school"]
+    assert match.trend(site, "out_of_school") == before  # counts stay for every month
+    again = match.run_match(site, D(2025, 4, 20))
+    assert again.previous_run_id == april.run_id
+    assert match.prune_rows(site, keep_months=2) > 0  # march's rows now go too (april, again stay)
+    with pytest.raises(match.MatchError):
+        match.prune_rows(site, keep_months=0)

@@ -282,3 +282,16 @@ def test_a_token_that_does_not_open_is_shown_empty(county, tmp_path):
     assert row["name"] is None
     assert b.people["f_lifted"].name[0] + "*" not in json.dumps(row, ensure_ascii=False)
     assert audit.search(site, action="match.export")[0]["detail"]["unopened"] == 1
+
+
+def test_keep_months_prunes_old_lists(county):
+    site, b = county()
+    for day in ("2025-01-15", "2025-02-15", "2025-03-15"):
+        assert run(site, "--as-of", day).exit_code == 0
+    result = run(site, "--as-of", "2025-03-20", "--keep-months", "1")
+    assert result.exit_code == 0, result.output
+    assert "pruned" in result.output
+    statuses = [r.status for r in sorted(match.list_runs(site), key=lambda r: r.run_id)]
+    assert statuses == ["pruned", "pruned", "pruned", "ok"]
+    assert len(match.trend(site, "out_of_school")) == 3  # January to March, from the kept counts
+    assert run(site, "--keep-months", "0").exit_code == 2

@@ -43,6 +43,12 @@ def _site(obj: object):
     type=int,
     help="Write a stored run's lists instead of running the comparisons again.",
 )
+@click.option(
+    "--keep-months",
+    type=click.IntRange(min=1),
+    help="After the run, delete the list rows of older runs, keeping the last run of each of the "
+    "newest N months (counts stay for the trend).",
+)
 @click.pass_obj
 def match_command(
     obj: object,
@@ -51,6 +57,7 @@ def match_command(
     fmt: str | None,
     reveal: bool,
     run_id: int | None,
+    keep_months: int | None,
 ) -> None:
     """Compare the student roster with the registries: flags, children out of school, home
     teaching, rosters, aid gaps and the monthly counts (kept in the store for the trend)."""
@@ -109,3 +116,6 @@ def match_command(
     if outbox and run_id is None:
         files = match_report.write_township_files(site, run, site.path(outbox), actor=actor)
         echo(f"wrote {len(files)} township files to {site.path(outbox) / run.period}")
+    if keep_months is not None:
+        deleted = match.prune_rows(site, keep_months=keep_months)
+        echo(f"pruned {deleted} list rows of runs older than the last {keep_months} months")
