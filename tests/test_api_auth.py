@@ -171,7 +171,7 @@ def test_path_and_query_are_signed_exactly_as_sent(server) -> None:
     assert_problem(r, 401, "bad-signature")
 
 
-@pytest.mark.parametrize("offset", [-301, 301, -10_000])
+@pytest.mark.parametrize("offset", [-302, 302, -10_000])
 def test_expired_timestamp(server, offset: int) -> None:
     site, depts, url = server
     r = signed_request(

@@ -11,6 +11,7 @@ simultaneous replays gets through. Rows are only needed while their timestamp is
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 
 from sqlalchemy import DateTime, String, delete, insert
 from sqlalchemy.orm import Mapped, Session, mapped_column
@@ -56,6 +57,32 @@ def remember_nonce(session: Session, key_id: str, nonce: str, expires_at: dt.dat
         .returning(NONCES.c.nonce)
     ).first()
     return inserted is not None
+
+
+def remember_nonces(
+    session: Session, nonces: Sequence[tuple[str, str, dt.datetime]]
+) -> set[tuple[str, str]]:
+    """Record many distinct (key id, nonce, expiry) in one statement; returns those that were new.
+
+    The others were recorded before: replays. Give each (key id, nonce) once.
+    """
+    if not nonces:
+        return set()
+    dialect = session.get_bind().dialect.name
+    if dialect not in ("postgresql", "sqlite"):
+        return {(k, n) for k, n, e in nonces if remember_nonce(session, k, n, e)}
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as dialect_insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert as dialect_insert
+    rows = [{"key_id": k, "nonce": n, "expires_at": e} for k, n, e in nonces]
+    result = session.execute(
+        dialect_insert(NONCES)
+        .values(rows)
+        .on_conflict_do_nothing(index_elements=["key_id", "nonce"])
+        .returning(NONCES.c.key_id, NONCES.c.nonce)
+    )
+    return {(k, n) for k, n in result}
 
 
 def purge_nonces(session: Session, now: dt.datetime) -> int:

@@ -13,7 +13,7 @@ from typing import Any
 from flask import Blueprint, Response, jsonify
 
 from .. import audit
-from .auth import request_session, require_role
+from .auth import record_answer, require_role
 from .body import json_body, load, query
 from .context import current_site
 from .openapi import operation
@@ -50,9 +50,7 @@ def search() -> Response:
         raise Problem("validation-failed", str(exc), errors={}) from None
     more = len(entries) > limit
     entries = entries[:limit]
-    audit.record(
-        request_session(),
-        site=site,
+    record_answer(
         actor=caller.actor,
         action="api.audit_search",
         detail={"filters": sorted(filters), "entries": len(entries)},
@@ -65,9 +63,7 @@ def search() -> Response:
 def _report(caller: Any, keys: list[str], how: str) -> Response:
     site = current_site()
     report = audit.subject_report(site, subject_keys=keys)
-    audit.record(
-        request_session(),
-        site=site,
+    record_answer(
         actor=caller.actor,
         action="audit.subject",
         subject_keys=keys,

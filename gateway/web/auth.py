@@ -5,14 +5,15 @@ this order: all four headers present (else ``missing-signature``); the key id be
 department of the config and the keyring holds its secret (``unknown-key``); the signature over
 ``METHOD \\n PATH?QUERY \\n TIMESTAMP \\n NONCE \\n hex(HASH(body))`` matches, with the path and
 query exactly as sent on the wire (``bad-signature``); the timestamp is within
-``[api] window_seconds`` of now (``expired-timestamp``); only then is the nonce recorded in the
-store (``replayed-nonce`` if it was already there: refused in every process sharing the store); and
-the department's token bucket has a token (``rate-limited``, 429 with Retry-After).
+``[api] window_seconds`` of now (``expired-timestamp``); and the department's token bucket has a
+token (``rate-limited``, 429 with Retry-After). The nonce is recorded in the store only after the
+signature verified (``replayed-nonce`` if it was already there, in any process sharing the store).
 
-One request = one store transaction (``request_session()``): the nonce row, the handler's reads and
-the request's audit entry commit together in ``after_request``, before the response leaves, so a
-data response is never sent without its audit entry, and a crash in between leaves neither.
-Handlers that write through other connections (a push, a job run) call ``commit_nonce()`` first.
+The nonce and the request's audit entries (``record_answer``) are committed together in
+``after_request``, before the response leaves, by the group committer (gateway/web/commit.py): a
+data response is never sent without its audit entry, and a replay found at that point is answered
+401 with the data withheld. Handlers with side effects (a push, a job run) call ``commit_nonce()``
+before acting, so a replayed request never acts twice. Reads go through ``request_connection()``.
 
 Every response of 400 or more under ``/api/v1`` is audited as ``api.refused`` with its reason
 (method, path, status, problem type; never the body, never an ID number): the actor is the calling
@@ -25,6 +26,7 @@ up to N times its limit in total; set ``rate_limit`` to the per-worker share.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import math
@@ -32,10 +34,10 @@ import re
 import threading
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlsplit
 
-from flask import Flask, Response, g, request
+from flask import Flask, Response, current_app, g, request
 from sqlalchemy.exc import SQLAlchemyError
 
 from .. import audit
@@ -44,13 +46,14 @@ from ..errors import GatewayError
 from ..policy import Refusal, authorize, department_by_key
 from ..schemas import scrub
 from ..store.api import purge_nonces, remember_nonce
+from .commit import GroupCommitter, Replayed
 from .context import current_site
 from .problems import Problem, problem_slug
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from sqlalchemy.orm import Session
+    from sqlalchemy import Connection
 
     from ..config import AllowRule, DepartmentSettings
 
@@ -174,20 +177,50 @@ def authorize_for(
         raise Problem(refusal.slug, refusal.detail) from None
 
 
-def request_session() -> Session:
-    """The request's store transaction (opened when the signature was verified)."""
+def request_connection() -> Connection:
+    """A store connection for the request's reads (closed when the request ends; it writes
+    nothing: the request's entries go through the group committer)."""
     db = g.get("db")
     if db is None:
-        db = g.db = current_site().sessions()
+        engine = current_site().engine
+        db = engine.connect()
+        if engine.dialect.name == "postgresql":
+            # Reads only: no BEGIN/ROLLBACK round trips around them.
+            db = db.execution_options(isolation_level="AUTOCOMMIT")
+        g.db = db
     return db
 
 
 def commit_nonce() -> None:
-    """Commit what the request wrote so far (its nonce): call before writing through another
-    connection, which on SQLite would otherwise wait for this transaction's write lock."""
-    db = g.get("db")
-    if db is not None:
-        db.commit()
+    """Record the request's nonce now (401 replayed-nonce if it was used): call before acting."""
+    nonce = g.get("nonce")
+    if nonce is None or g.get("nonce_recorded"):
+        return
+    with current_site().begin() as session:
+        fresh = remember_nonce(session, *nonce)
+    g.nonce_recorded = True
+    if not fresh:
+        g.replayed = True
+        raise Problem("replayed-nonce", "this nonce was already used within the window")
+
+
+def record_answer(**entry: Any) -> None:
+    """An audit entry (``audit.record``'s keywords) committed before this answer is sent."""
+    g.setdefault("answer_events", []).append(audit.AuditEvent.create(**entry))
+
+
+def commit_answer() -> None:
+    """Commit the nonce and the entries recorded so far now, not after the handler."""
+    committer: GroupCommitter = current_app.extensions["gateway.committer"]
+    events = g.pop("answer_events", [])
+    nonce = None if g.get("nonce_recorded") else g.get("nonce")
+    try:
+        committer.commit(nonce, events, [_replay_event()])
+    except Replayed:
+        g.replayed = True
+        raise Problem("replayed-nonce", "this nonce was already used within the window") from None
+    finally:
+        g.nonce_recorded = True
 
 
 def path_as_sent(environ: dict) -> str:
@@ -255,10 +288,7 @@ def authenticate(limiter: RateLimiter) -> None:
         )
     g.caller = Caller(department, key_id)
     expires = dt.datetime.fromtimestamp(int(timestamp) + window, dt.UTC).replace(tzinfo=None)
-    if not remember_nonce(request_session(), key_id, nonce, expires):
-        g.db.rollback()
-        raise Problem("replayed-nonce", "this nonce was already used within the window")
-    g.nonce = (key_id, nonce, expires)
+    g.nonce = (key_id, nonce, expires)  # recorded with the answer, or earlier by commit_nonce()
     wait = limiter.check(department)
     if wait > 0:
         retry = max(1, math.ceil(wait))
@@ -286,18 +316,16 @@ def _safe_text(value: str | None, limit: int) -> str | None:
     return None if not text or audit.looks_like_id(text) else text
 
 
-def refusal_event(response: Response) -> dict:
+def refusal_event(status: int, slug: str) -> audit.AuditEvent:
+    """The ``api.refused`` entry of this request: who, what, why; never the body."""
     caller: Caller | None = g.get("caller")
-    slug = problem_slug(response) or (
-        "server-error" if response.status_code >= 500 else "bad-request"
-    )
     actor = (
         caller.actor if caller else f"unauthenticated:{_safe_actor_name(g.get('claimed_key', ''))}"
     )
     detail = {
         "method": request.method,
         "path": _safe_text(request.path, 200) or "-",
-        "status": response.status_code,
+        "status": status,
         "problem": slug,
     }
     if caller is None and g.get("claimed_key"):
@@ -306,29 +334,30 @@ def refusal_event(response: Response) -> dict:
     dataset = view_args.get("dataset")
     from ..schemas import DATASETS
 
-    return {
-        "actor": actor,
-        "action": "api.refused",
-        "outcome": "refused",
-        "dataset": dataset if dataset in DATASETS else None,
-        "purpose": _safe_text(g.get("purpose"), 100),
-        "fields": [f for f in g.get("refused_fields", ()) if isinstance(f, str)][:50],
-        "detail": detail,
-    }
+    return audit.AuditEvent.create(
+        actor=actor,
+        action="api.refused",
+        outcome="refused",
+        dataset=dataset if dataset in DATASETS else None,
+        purpose=_safe_text(g.get("purpose"), 100),
+        fields=[f for f in g.get("refused_fields", ()) if isinstance(f, str)][:50],
+        detail=detail,
+    )
 
 
-def _audit_refusal(response: Response) -> None:
-    site = current_site()
-    db = g.pop("db", None)
-    if db is not None:
-        db.rollback()  # whatever the handler did is undone; the nonce is recorded again below
-        db.close()
-    event = refusal_event(response)
-    with site.begin() as session:
-        nonce = g.get("nonce")
-        if nonce is not None:
-            remember_nonce(session, *nonce)  # False if committed early: fine, it is recorded
-        audit.record(session, site=site, **event)
+def _replay_event() -> audit.AuditEvent:
+    return refusal_event(401, "replayed-nonce")
+
+
+def _audit_refusal(response: Response, committer: GroupCommitter) -> None:
+    slug = problem_slug(response) or (
+        "server-error" if response.status_code >= 500 else "bad-request"
+    )
+    event = refusal_event(response.status_code, slug)
+    nonce = None if g.get("nonce_recorded") else g.get("nonce")
+    # A known nonce changes nothing here: refused anyway, and the same entry is written.
+    with contextlib.suppress(Replayed):
+        committer.commit(nonce, [event], [event])
 
 
 _last_purge = [0.0]
@@ -348,7 +377,9 @@ def _maybe_purge() -> None:
 
 def init_app(app: Flask) -> None:
     limiter = RateLimiter()
+    committer = GroupCommitter(app.extensions["gateway.site"])
     app.extensions["gateway.rate_limiter"] = limiter
+    app.extensions["gateway.committer"] = committer
 
     @app.before_request
     def _authenticate() -> None:
@@ -359,33 +390,32 @@ def init_app(app: Flask) -> None:
     def _finish(response: Response) -> Response:
         if not is_api_request():
             return response
+        db = g.pop("db", None)
+        if db is not None:
+            db.close()
         if response.status_code >= 400:
             try:
-                _audit_refusal(response)
+                _audit_refusal(response, committer)
             except (SQLAlchemyError, GatewayError):
                 # The store is down or refused the entry: the refusal still goes out, logged here.
                 log.exception(
                     "could not audit a refused request (%s %s)", request.method, request.path
                 )
             return response
-        db = g.pop("db", None)
-        if db is None:
-            return response
         try:
-            db.commit()
-        except SQLAlchemyError:
+            commit_answer()
+        except Problem as problem:  # a replay found at commit: the data is withheld
+            return problem.to_response()
+        except (SQLAlchemyError, GatewayError):
             # The audit entry did not commit: the data must not leave either.
-            log.exception("request transaction failed to commit")
-            db.rollback()
-            db.close()
+            log.exception("the request's audit entry failed to commit")
             failed = Problem("unavailable", "the store did not accept the request's audit entry")
             response = failed.to_response()
             try:
-                _audit_refusal(response)
+                _audit_refusal(response, committer)
             except (SQLAlchemyError, GatewayError):
                 log.exception("could not audit the failed request either")
             return response
-        db.close()
         _maybe_purge()
         return response
 

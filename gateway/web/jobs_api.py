@@ -14,10 +14,9 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify
 
-from .. import audit
 from ..errors import GatewayError
 from ..sync import HeldLease, recent_runs, run_job, summary_from_run
-from .auth import commit_nonce, request_session, require_role
+from .auth import commit_answer, commit_nonce, record_answer, require_role
 from .context import current_site
 from .openapi import operation
 from .problems import Problem
@@ -115,13 +114,15 @@ def trigger(name: str) -> Response:
         finally:
             lease.release()
 
-    audit.record(
-        request_session(),
-        site=site,
+    record_answer(
         actor=caller.actor,
         action="api.job_trigger",
         detail={"job": name},
     )
-    request_session().commit()  # the trigger is on record before the run starts
+    try:
+        commit_answer()  # the trigger is on record before the run starts
+    except BaseException:
+        lease.release()
+        raise
     threading.Thread(target=work, name=f"api-run-{name}", daemon=True).start()
     return jsonify({"job": name, "status": "started"}), 202

@@ -15,11 +15,10 @@ from typing import Any
 from flask import Blueprint, Response, jsonify
 from sqlalchemy import select
 
-from .. import audit
 from ..match import LISTS, MatchError, latest_list
 from ..store.records import DATASET_MODELS
 from . import cursors
-from .auth import authorize_for, request_session, require_role
+from .auth import authorize_for, record_answer, request_connection, require_role
 from .body import query
 from .context import current_site
 from .disclose import Discloser, jsonable
@@ -94,9 +93,7 @@ def match_list(list_name: str) -> Response:
     next_cursor = (
         cursors.encode(r=int(rows[-1]["row_id"]), run=run.run_id) if more and rows else None
     )
-    audit.record(
-        request_session(),
-        site=site,
+    record_answer(
         actor=caller.actor,
         action="api.match",
         outcome="delivered" if items else "ok",
@@ -140,7 +137,7 @@ def _disclose(site: Any, caller: Any, rule: Any, rows: list[dict[str, Any]]) -> 
             stmt = select(t.c.id, t.c.subject_key, t.c.id_number, t.c.id_type).where(
                 t.c.id.in_(sorted(record_ids))
             )
-            for row in request_session().execute(stmt).mappings():
+            for row in request_connection().execute(stmt).mappings():
                 identity = discloser.identity(row)
                 if "id_number" in identity:
                     sealed_ids[(dataset, int(row["id"]))] = identity["id_number"]
