@@ -64,7 +64,7 @@ import datetime as dt
 import getpass
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -234,11 +234,6 @@ def school_year_cutoff(as_of: dt.date, month_day: tuple[int, int]) -> dt.date:
 def birth_bounds(cutoff: dt.date, youngest: int, oldest: int) -> tuple[dt.date, dt.date]:
     """(lower, upper): aged youngest..oldest at ``cutoff`` <=> lower < birth_date <= upper."""
     return _years_before(cutoff, oldest + 1), _years_before(cutoff, youngest)
-
-
-def age_at(birth: dt.date, at: dt.date) -> int:
-    """Completed years at ``at`` (a 29 February birthday counts as reached on 1 March)."""
-    return at.year - birth.year - ((at.month, at.day) < (birth.month, birth.day))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1341,13 +1336,3 @@ def prune_rows(site: Site, *, keep_months: int = 13) -> int:
             conn.execute(sa.update(RUNS).where(RUNS.c.id == run_id).values(status="pruned"))
     log.info("match: pruned the lists of %d runs (%d rows)", len(doomed), deleted)
     return deleted
-
-
-def subject_keys(site: Site, run_id: int, list_names: Sequence[str] | None = None) -> Iterator[str]:
-    """Distinct subject keys on a run's lists (what an export of those lists discloses)."""
-    query = select(M.c.subject_key).where(M.c.run_id == run_id).distinct()
-    if list_names is not None:
-        query = query.where(M.c.list_name.in_(list(list_names)))
-    with site.engine.connect() as conn:
-        for row in conn.execution_options(stream_results=True, yield_per=10000).execute(query):
-            yield row[0]

@@ -23,7 +23,7 @@ import sqlalchemy as sa
 from openpyxl import Workbook
 from openpyxl.cell.cell import ILLEGAL_CHARACTERS_RE
 
-from . import match
+from . import ids, match
 from .crypto import CryptoError
 from .errors import EXIT_USAGE, GatewayError
 from .store.records import DATASET_MODELS
@@ -240,7 +240,7 @@ def output_rows(
             out["name"] = name if reveal else mask_name(name)
             out["id_number"] = number
             out["age"] = (
-                match.age_at(row["birth_date"], run.cutoff) if row.get("birth_date") else None
+                ids.age_at(row["birth_date"], run.cutoff) if row.get("birth_date") else None
             )
             out["registries"] = _registries(row)
             yield {c: out.get(c) for c in columns}
