@@ -96,3 +96,19 @@ def test_a_store_failure_reaches_every_waiter_and_the_next_commit(tmp_path) -> N
     with pytest.raises(Exception) as info:  # noqa: PT011 - the driver's own error
         committer.commit(None, [event(9)])
     assert "unable to open database" in str(info.value)
+
+
+def test_expired_nonces_are_purged_and_live_ones_kept(site) -> None:
+    from gateway.store.api import purge_nonces, remember_nonce
+
+    now = dt.datetime(2026, 1, 1, 12, 0)
+    with site.begin() as session:
+        assert remember_nonce(session, "edu-1", "old-nonce-01", now - dt.timedelta(seconds=1))
+        assert remember_nonce(session, "edu-1", "live-nonce-1", now + dt.timedelta(seconds=300))
+    with site.begin() as session:
+        assert purge_nonces(session, now) == 1
+    with site.begin() as session:
+        # The live one is still a replay; the purged one's window has passed (its timestamp
+        # would be refused as expired before the nonce is looked at).
+        assert not remember_nonce(session, "edu-1", "live-nonce-1", now)
+        assert remember_nonce(session, "edu-1", "old-nonce-01", now)

@@ -211,7 +211,13 @@ def _rows_by_subject(
 def lookup(dataset: str) -> Response:
     """Which of these people are in the dataset, and what the policy lets the caller see of them.
 
-    Up to [api] max_batch (10,000) subjects per request; one result per subject, in order.
+    Up to [api] max_batch (10,000) subjects per request; one result per subject, in order. A
+    subject is an ID number (``id_number``, optional ``id_type``), or a ``subject_key``. A
+    department cannot compute a subject key itself (it is keyed with the gateway's blind-index
+    key, which never leaves the gateway): it sends back subject keys this gateway returned to it
+    earlier under a rule with ``ids = "subject_key"``, and so asks again without sending any ID
+    number. After a blind-index key rotation the old keys stop matching: the next lookup by ID
+    number, or the change feed, returns the new ones.
     """
     caller = require_role("department")
     table = _table(dataset)
