@@ -664,8 +664,12 @@ def _fsync_dir(folder: Path) -> None:
 # The protector: blind indexes, sealed fields, audit signatures
 
 
+_TO_URLSAFE = bytes.maketrans(b"+/", b"-_")
+
+
 def _b64url(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+    # base64.urlsafe_b64encode without its Python layers (this runs once per sealed value).
+    return binascii.b2a_base64(data, newline=False).rstrip(b"=").translate(_TO_URLSAFE).decode()
 
 
 _B64URL = re.compile(r"^[A-Za-z0-9_-]*$")

@@ -146,7 +146,10 @@ class RecordProtector:
             template.update(("content\x1d" + self.dataset + "\x1d").encode())
             self._content = (keyring.generation, template)
         text = "\x1e".join(
-            [v if type(v) is str else canonical_text(v) for v in map(record.get, self.fields)]
+            [
+                v if type(v) is str else "" if v is None else canonical_text(v)
+                for v in map(record.get, self.fields)
+            ]
         )
         mac = template.copy()
         mac.update(text.encode())
@@ -180,7 +183,7 @@ class RecordProtector:
             sealed: list[Any] = [None] * len(values)
             if todo:
                 tokens = seal_many(
-                    [canonical_text(values[i]) for i in todo],
+                    [v if type(v := values[i]) is str else canonical_text(v) for i in todo],
                     dataset=self.dataset,
                     field=name,
                     records=[subject_keys[i] for i in todo],

@@ -85,9 +85,12 @@ class DatasetTable:
         for name in (*names, *extra):
             values = columns[name]
             proc = self.processors.get(name)
-            lists.append(
-                values if proc is None else [None if v is None else proc(v) for v in values]
-            )
+            if proc is not None:
+                # Each distinct value once: a batch repeats its time stamp, flags, dates.
+                done = {v: proc(v) for v in set(values) if v is not None}
+                done[None] = None
+                values = [done[v] for v in values]
+            lists.append(values)
         return list(zip(*lists, strict=True))
 
     # -- reads ------------------------------------------------------------------------------------
