@@ -43,6 +43,7 @@ from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from ..ids import check_char
 from . import county as C
 from .writers import CsvExport, Position, XlsxExport
 
@@ -223,13 +224,7 @@ EXPECTED_ROWS_PER_STUDENT = {
 # --------------------------------------------------------------------------------------------
 # Dates and ID numbers
 
-_WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
-_CHECK = "10X98765432"
-
-
-def check_char(first17: str) -> str:
-    """GB 11643 check character (the generator needs it before any reader exists)."""
-    return _CHECK[sum(int(c) * w for c, w in zip(first17, _WEIGHTS, strict=True)) % 11]
+_CHECK = "10X98765432"  # the check characters, to pick a wrong one
 
 
 def school_year_cutoff(as_of: date, month: int = 8, day: int = 31) -> date:
