@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from . import county
 from ..match import LISTS as MATCH_LISTS
+from . import county
 from .generate import GroundTruth, generate
 
 MARKER = ".gateway-demo"  # only a folder holding this marker is ever wiped by a new demo
