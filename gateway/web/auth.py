@@ -361,18 +361,27 @@ def _audit_refusal(response: Response, committer: GroupCommitter) -> None:
 
 
 _last_purge = [0.0]
+_purge_lock = threading.Lock()
+
+
+def _purge(site: Any) -> None:
+    try:
+        with site.begin() as session:
+            purge_nonces(session, _now_utc())
+    except SQLAlchemyError as exc:  # the next purge tries again
+        log.warning("purging expired nonces failed: %s", str(exc).splitlines()[0])
 
 
 def _maybe_purge() -> None:
+    """At most once a minute per process, in the background: no answer waits for it."""
     now = time.monotonic()
-    if now - _last_purge[0] < PURGE_EVERY_S:
-        return
-    _last_purge[0] = now
-    try:
-        with current_site().begin() as session:
-            purge_nonces(session, _now_utc())
-    except SQLAlchemyError as exc:  # the next request tries again
-        log.warning("purging expired nonces failed: %s", str(exc).splitlines()[0])
+    with _purge_lock:
+        if now - _last_purge[0] < PURGE_EVERY_S:
+            return
+        _last_purge[0] = now
+    threading.Thread(
+        target=_purge, args=(current_site(),), name="api-nonce-purge", daemon=True
+    ).start()
 
 
 def init_app(app: Flask) -> None:
