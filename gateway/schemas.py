@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping
 from functools import cache
 from typing import Any, NamedTuple
 
-from marshmallow import RAISE, Schema, ValidationError, fields, validate
+from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 
 SENSITIVITY = ("national_id", "personal", "plain")
 # Higher rank = more protected; a mapping may never lower a canonical field's class.
@@ -182,6 +182,55 @@ DATASET_SCHEMAS: dict[str, type[Schema]] = {
     "aid_granted": AidGrantedSchema,
 }
 DATASETS = tuple(DATASET_SCHEMAS)
+
+
+class FlagsSchema(Schema):
+    """A student's flags from a match run (list ``flags`` of ``gateway.match``) as a target is
+    sent them by ``gateway.match_delivery``. Computed by the gateway, not read from a source: an
+    outbound-only dataset with no store table. A cleared record (the student left the flags list)
+    has every flag false and ``flagged`` false."""
+
+    class Meta:
+        unknown = RAISE
+
+    subject_key = _f(fields.String, "主体索引 (盲索引)", max_length=100)
+    id_type = _f(fields.String, "身份证件类型", codes=ID_TYPES)
+    id_number = _f(
+        fields.String, "身份证件号", sensitivity="national_id", required=True, max_length=40
+    )
+    student_no = _f(fields.String, "全国学籍号", sensitivity="national_id", max_length=40)
+    school_code = _f(fields.String, "学校标识码", max_length=32)
+    school_name = _f(fields.String, "学校名称", max_length=200)
+    grade = _f(fields.String, "年级", max_length=32)
+    class_name = _f(fields.String, "班级", max_length=64)
+    status = _f(fields.String, "学籍状态", codes=STUDENT_STATUS)
+    area_code = _f(fields.String, "户籍地行政区划 (乡镇)", max_length=12)
+    village = _f(fields.String, "村(社区)", max_length=100)
+    flagged = _f(fields.Boolean, "有标注 (否: 标注已解除)")
+    poverty_lifted = _f(fields.Boolean, "脱贫户 (建档立卡)")
+    monitor_type = _f(
+        fields.String,
+        "监测对象类别",
+        codes={k: v for k, v in POVERTY_TYPE.items() if k != "lifted"},
+    )
+    disability_category = _f(fields.Integer, "残疾类别", codes=DISABILITY_CATEGORY, strict=True)
+    disability_grade = _f(fields.Integer, "残疾等级", codes=DISABILITY_GRADE, strict=True)
+    dibao = _f(fields.Boolean, "低保")
+    tekun = _f(fields.Boolean, "特困供养")
+    orphan = _f(fields.Boolean, "孤儿")
+    unsupported_child = _f(fields.Boolean, "事实无人抚养儿童")
+    poverty_source = _f(fields.String, "防返贫来源系统", max_length=64)
+    poverty_date = _f(fields.DateTime, "防返贫记录日期")
+    disability_source = _f(fields.String, "残疾来源系统", max_length=64)
+    disability_date = _f(fields.DateTime, "残疾记录日期")
+    assistance_source = _f(fields.String, "救助来源系统", max_length=64)
+    assistance_date = _f(fields.DateTime, "救助记录日期")
+    as_of = _f(fields.Date, "比对截止日期 (标注日期)")
+    run_id = _f(fields.Integer, "比对批次", strict=True)
+
+
+# Datasets the gateway computes and only sends (outbound mappings only; no table, no API).
+OUTBOUND_SCHEMAS: dict[str, type[Schema]] = {"flags": FlagsSchema}
 # Fields a mapping never produces: computed later by the protect step.
 COMPUTED_FIELDS = frozenset({"subject_key"})
 
@@ -214,8 +263,9 @@ def _type_name(field: fields.Field) -> str:
 
 @cache
 def dataset_fields(dataset: str) -> dict[str, FieldInfo]:
-    """Canonical fields of ``dataset`` in declaration order (KeyError for an unknown dataset)."""
-    schema = DATASET_SCHEMAS[dataset]()
+    """Canonical fields of ``dataset`` in declaration order (KeyError for an unknown dataset);
+    the outbound-only datasets (``OUTBOUND_SCHEMAS``) included."""
+    schema = (DATASET_SCHEMAS.get(dataset) or OUTBOUND_SCHEMAS[dataset])()
     out: dict[str, FieldInfo] = {}
     for name, field in schema.fields.items():
         meta = field.metadata
@@ -533,7 +583,9 @@ class MappingHeaderSchema(_StrictSchema):
 
     name = fields.String(required=True, validate=validate.Length(min=1))
     system = fields.String(required=True, validate=validate.Regexp(r"^[A-Za-z][A-Za-z0-9_]*$"))
-    dataset = fields.String(required=True, validate=validate.OneOf(DATASETS))
+    dataset = fields.String(
+        required=True, validate=validate.OneOf(DATASETS + tuple(OUTBOUND_SCHEMAS))
+    )
     direction = fields.String(required=True, validate=validate.OneOf(DIRECTIONS))
     version = fields.String(required=True, validate=validate.Length(min=1))
     title = fields.String()
@@ -544,6 +596,14 @@ class MappingHeaderSchema(_StrictSchema):
     id_type = fields.String(validate=validate.OneOf(list(ID_TYPES)))
     # outbound: the target's natural key (native field names of this mapping)
     key = fields.List(fields.String(), validate=validate.Length(min=1))
+
+    @validates_schema
+    def _outbound_only(self, data: dict[str, Any], **_: Any) -> None:
+        if data.get("dataset") in OUTBOUND_SCHEMAS and data.get("direction") == "inbound":
+            raise ValidationError(
+                f"dataset {data['dataset']} is computed by the gateway: outbound mappings only",
+                field_name="dataset",
+            )
 
 
 class InboundFieldSchema(_StrictSchema):
