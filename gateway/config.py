@@ -163,6 +163,10 @@ class MatchSchema(_Strict):
     aid_dataset = fields.String(load_default=None, allow_none=True)  # system holding aid granted
     township_outbox = fields.String(load_default=None, allow_none=True)  # folder for township files
     permissions = fields.List(fields.String(), load_default=list)  # "reveal" for CLI --reveal
+    # system (a table or a file it can write) receiving the student flags after each run
+    flags_target = fields.String(load_default=None, allow_none=True)
+    # outbound mapping of those flags; default "<target plugin>/flags.out"
+    flags_mapping = fields.String(load_default=None, allow_none=True)
 
 
 class SettingsSchema(_Strict):
@@ -208,6 +212,16 @@ class SettingsSchema(_Strict):
                     errors.setdefault("jobs", {}).setdefault(name, {})["targets"] = [
                         f"no system named {target!r} in [systems]"
                     ]
+        match = data.get("match", {})
+        flags_target = match.get("flags_target")
+        if flags_target is not None and flags_target not in systems:
+            errors.setdefault("match", {})["flags_target"] = [
+                f"no system named {flags_target!r} in [systems]"
+            ]
+        if match.get("flags_mapping") is not None and flags_target is None:
+            errors.setdefault("match", {})["flags_mapping"] = [
+                "needs flags_target (the system the flags are written to)"
+            ]
         if errors:
             raise ValidationError(errors)
 
@@ -324,6 +338,8 @@ class MatchSettings:
     aid_dataset: str | None
     township_outbox: str | None
     permissions: list[str]
+    flags_target: str | None = None
+    flags_mapping: str | None = None
 
 
 @dataclass
