@@ -261,8 +261,126 @@ def write_mappings(site_dir: Path) -> None:
     (folder / "mirror" / "residents.out.toml").write_text(OUTBOUND_TOML, encoding="utf-8")
 
 
+# Modules a `gateway sync` of the test job imports: loaded once by the launcher, before it forks.
+PRELOAD = (
+    "gateway.cli",
+    "gateway.commands.sync",
+    "gateway.sync",
+    "gateway.site",
+    "gateway.store",
+    "gateway.mapping",
+    "gateway.schemas",
+    "gateway.audit",
+    "gateway.plugins",
+    "gateway_plugins.sql_tables",
+    "gateway_plugins.transforms",
+)
+
+
+class SyncLauncher:
+    """Starts `gateway` commands as forks of one pre-imported Python process: a command starts
+    in milliseconds instead of the second or more an interpreter needs to import the gateway
+    (on a loaded machine), so a kill test can start many runs. Each command is a real, separate
+    process running the real CLI; the launcher reaps it and reports its exit status."""
+
+    def __init__(self, root: Path):
+        import os
+        import subprocess
+
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.syncdata", "--launcher"],
+            env={**os.environ, "PYTHONPATH": str(root)},
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+
+    def _ask(self, **request: Any) -> dict[str, Any]:
+        import json
+
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(json.dumps(request) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the launcher ended (status {self.proc.wait()})")
+        return json.loads(line)
+
+    def start(self, argv: Sequence[str], output: Path) -> int:
+        """Fork ``gateway ARGV`` (stdout and stderr to ``output``); returns its pid."""
+        return int(self._ask(op="start", argv=list(argv), output=str(output))["pid"])
+
+    def wait(self, pid: int) -> int:
+        """Its exit status: the exit code, or minus the signal that ended it."""
+        return int(self._ask(op="wait", pid=pid)["status"])
+
+    def poll(self, pid: int) -> int | None:
+        """Its exit status if it has ended, else None."""
+        status = self._ask(op="poll", pid=pid)["status"]
+        return None if status is None else int(status)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self._ask(op="quit")
+            self.proc.wait(timeout=30)
+
+
+def _launcher() -> None:
+    """The launcher's side of SyncLauncher: JSON requests on stdin, one JSON answer each."""
+    import importlib
+    import json
+    import os
+    import traceback
+
+    for name in PRELOAD:
+        importlib.import_module(name)
+    from gateway.cli import main as gateway_main
+
+    ended: dict[int, int] = {}  # pid -> exit status, once reaped
+    for line in sys.stdin:
+        request = json.loads(line)
+        if request["op"] == "quit":
+            print(json.dumps({}), flush=True)
+            return
+        if request["op"] in ("wait", "poll"):
+            pid = request["pid"]
+            if pid not in ended:
+                done, status = os.waitpid(pid, os.WNOHANG if request["op"] == "poll" else 0)
+                if done:
+                    ended[pid] = os.waitstatus_to_exitcode(status)
+            print(json.dumps({"status": ended.get(pid)}), flush=True)
+            continue
+        sys.stdout.flush()
+        pid = os.fork()
+        if pid == 0:  # the command: output to its file, never back into the launcher's pipe
+            code = 70
+            try:
+                fd = os.open(request["output"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                os.dup2(fd, 1)
+                os.dup2(fd, 2)
+                os.close(fd)
+                null = os.open(os.devnull, os.O_RDONLY)
+                os.dup2(null, 0)
+                try:
+                    gateway_main(request["argv"])
+                    code = 0
+                except SystemExit as exc:
+                    code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+            except BaseException:  # noqa: BLE001 - reported in the output, as a crash would be
+                traceback.print_exc()
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
+        print(json.dumps({"pid": pid}), flush=True)
+
+
 def main(argv: list[str]) -> None:
-    """``python -m tests.syncdata ARGS``: the ``gateway`` command (for subprocess tests)."""
+    """``python -m tests.syncdata ARGS``: the ``gateway`` command (for subprocess tests), or
+    ``--launcher``: the pre-imported process SyncLauncher forks commands from."""
+    if argv == ["--launcher"]:
+        _launcher()
+        return
     from gateway.cli import main as gateway_main
 
     gateway_main(argv)

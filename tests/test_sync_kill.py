@@ -1,6 +1,13 @@
-"""SIGKILL `gateway sync` at random moments (fixed seeds) over a 100k-row snapshot and run it again:
-the store and the target end identical to an uninterrupted run's, no row lost or doubled, every
-run's counts add up. A second, changed snapshot (updates and removals) is killed too."""
+"""SIGKILL `gateway sync` at >= 20 distinct points of a 100k-row snapshot and run it again: the
+store and the target end identical to an uninterrupted run's, no row lost or doubled, every run's
+counts add up. A second, changed snapshot (updates, removals, new rows) is killed too, once while
+it marks removals.
+
+Kill points are chosen, not hoped for: each run is started (forked from a pre-imported launcher,
+so a start costs milliseconds), the test polls the store until the run has committed the target
+batch, waits a random few milliseconds (so the kill lands anywhere in the next batch's work:
+reading, mapping, delivering to the target, writing, committing) and sends SIGKILL. Targets are
+random batch numbers (fixed seed) spread over the whole run."""
 
 from __future__ import annotations
 
@@ -8,8 +15,6 @@ import os
 import random
 import shutil
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -22,6 +27,7 @@ from gateway.store.jobs import JobCursor, Run
 from gateway.store.records import Resident
 from tests.fixtures.sites import write_site
 from tests.syncdata import (
+    SyncLauncher,
     create_target,
     job_config,
     people,
@@ -33,6 +39,9 @@ from tests.syncdata import (
 ROOT = Path(__file__).resolve().parent.parent
 ROWS = 100_000
 BATCH = 500
+KILLS = 24  # targets; at least 20 distinct committed positions are required
+POLL_S = 0.005
+DEADLINE_S = 300.0
 
 
 def _site(folder: Path, source: str, target: str, keyring_from: Path | None = None) -> Site:
@@ -49,16 +58,6 @@ def _site(folder: Path, source: str, target: str, keyring_from: Path | None = No
     site = Site.from_config(path)
     Base.metadata.create_all(site.engine)
     return site
-
-
-def _sync(config: Path) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "tests.syncdata", "--config", str(config), "sync", "residents"],
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
 
 
 def _store_state(site: Site) -> list[tuple]:
@@ -84,47 +83,61 @@ def _runs(site: Site) -> list[Run]:
         return list(s.execute(sa.select(Run).order_by(Run.id)).scalars())
 
 
-def _position(site: Site) -> tuple[int, int]:
-    """(snapshot in progress, its last committed batch) as the store says."""
+def _cursor(site: Site) -> tuple[int, int, bool]:
+    """(snapshot in progress, its last committed batch, its reading done) as the store says."""
     with site.begin() as s:
         state = s.get(JobCursor, "residents")
-        return (state.snapshot_id or 0, state.batch_no) if state else (0, 0)
+        if state is None:
+            return 0, 0, False
+        return state.snapshot_id or 0, state.batch_no, bool(state.reading_done)
 
 
-def _wait_for_run(site: Site, after: int, proc: subprocess.Popen) -> int:
-    """Wait until ``proc`` has recorded its run (so the kill lands in the work, not the start-up)."""
-    while proc.poll() is None:
-        runs = _runs(site)
-        if runs and runs[-1].id > after:
-            return runs[-1].id
-        time.sleep(0.05)
-    return after
+class Killer:
+    def __init__(self, launcher: SyncLauncher, site: Site, config: Path, logs: Path):
+        self.launcher, self.site, self.config, self.logs = launcher, site, config, logs
+        self.started = 0
+        self.status: int | None = None  # how the last run ended
+
+    def start(self) -> int:
+        self.started += 1
+        return self.launcher.start(
+            ["--config", str(self.config), "sync", "residents"],
+            self.logs / f"run{self.started}.log",
+        )
+
+    def kill_when(self, reached, rnd: random.Random) -> tuple[int, int] | None:
+        """Start a run, SIGKILL it a random moment after ``reached(cursor)`` holds; returns the
+        committed position it was killed at, or None if it finished first."""
+        pid = self.start()
+        deadline = time.monotonic() + DEADLINE_S
+        while not reached(_cursor(self.site)):
+            self.status = self.launcher.poll(pid)
+            if self.status is not None:
+                return None
+            assert time.monotonic() < deadline, "the run made no progress"
+            time.sleep(POLL_S)
+        time.sleep(rnd.uniform(0.0, 0.05))
+        os.kill(pid, signal.SIGKILL)
+        self.status = self.launcher.wait(pid)
+        if self.status != -signal.SIGKILL:
+            return None  # it ended on its own just before the signal
+        snapshot, batch, _ = _cursor(self.site)
+        return snapshot, batch
+
+    def finish(self) -> None:
+        """Let one run go to the end: it must succeed, with no traceback."""
+        pid = self.start()
+        status = self.launcher.wait(pid)
+        log = (self.logs / f"run{self.started}.log").read_text(errors="replace")
+        assert status == 0, log[-3000:]
+        assert "Traceback" not in log
 
 
-def _kill_until_done(
-    config: Path, site: Site, rnd: random.Random, min_points: int
-) -> set[tuple[int, int]]:
-    """Start the sync, SIGKILL it a random moment after its run began, again, until it was killed
-    at ``min_points`` distinct committed positions; then let one run finish. Returns the points."""
-    points: set[tuple[int, int]] = set()
-    last_run = max((r.id for r in _runs(site)), default=0)
-    for _ in range(min_points * 3):
-        if len(points) >= min_points:
-            break
-        proc = _sync(config)
-        last_run = _wait_for_run(site, last_run, proc)
-        time.sleep(rnd.uniform(0.0, 0.8))
-        if proc.poll() is not None:  # it finished first: nothing left to kill in this snapshot
-            proc.communicate()
-            break
-        proc.send_signal(signal.SIGKILL)
-        proc.communicate()
-        points.add(_position(site))
-    proc = _sync(config)
-    out, err = proc.communicate(timeout=300)
-    assert proc.returncode in (0, 1), err[-3000:]
-    assert "Traceback" not in err
-    return points
+def _assert_same(killed: Site, reference: Site, tmp_path: Path) -> None:
+    assert _store_state(killed) == _store_state(reference)
+    assert read_table(
+        f"sqlite:///{tmp_path / 'target_killed.db'}", "mirror_people", "sfzh"
+    ) == read_table(f"sqlite:///{tmp_path / 'target_ref.db'}", "mirror_people", "sfzh")
 
 
 @pytest.mark.slow
@@ -138,55 +151,70 @@ def test_sigkill_at_random_points_loses_and_doubles_nothing(tmp_path):
         f"sqlite:///{tmp_path / 'target_ref.db'}",
         keyring_from=tmp_path / "killed" / "keyring.json",
     )
-    ref = _sync(tmp_path / "reference" / "gateway.toml")  # runs beside the killing
-    points = _kill_until_done(
-        tmp_path / "killed" / "gateway.toml", killed, random.Random(20261124), 20
-    )
-    _, err = ref.communicate(timeout=300)
-    assert ref.returncode == 0, err[-3000:]
-    assert len(points) >= 20, points
-    assert _store_state(killed) == _store_state(reference)
-    assert read_table(
-        f"sqlite:///{tmp_path / 'target_killed.db'}", "mirror_people", "sfzh"
-    ) == read_table(f"sqlite:///{tmp_path / 'target_ref.db'}", "mirror_people", "sfzh")
-    runs = _runs(killed)
-    for r in runs:
-        assert r.read == r.inserted + r.updated + r.unchanged + r.quarantined, r.id
-    first_snapshot = [r for r in runs if r.snapshot_id == runs[0].snapshot_id]
-    assert sum(r.inserted for r in first_snapshot) == ROWS  # each row inserted exactly once
-    assert (
-        sum(r.read for r in first_snapshot) == ROWS
-    )  # and read once: resumes skip committed batches
-    assert first_snapshot[-1].status == "succeeded"
-    assert all(r.status == "failed" for r in first_snapshot[:-1])
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    launcher = SyncLauncher(ROOT)
+    try:
+        ref = Killer(launcher, reference, tmp_path / "reference" / "gateway.toml", logs / "ref")
+        (logs / "ref").mkdir()
+        ref_pid = ref.start()  # the uninterrupted run, beside the killing
+        kill = Killer(launcher, killed, tmp_path / "killed" / "gateway.toml", logs)
+        rnd = random.Random(20261124)
+        batches = ROWS // BATCH
+        targets = sorted(rnd.sample(range(1, batches - 2), KILLS))
+        points: set[tuple[int, int]] = set()
+        # Killed while starting up, before its first batch commits: nothing to resume yet.
+        assert kill.kill_when(lambda c: True, rnd) is not None
+        for target in targets:
+            done = max(target, _cursor(killed)[1] + 1)
+            point = kill.kill_when(lambda c, done=done: c[1] >= done, rnd)
+            assert point is not None, f"the run finished before batch {done}"
+            points.add(point)
+        kill.finish()
+        assert launcher.wait(ref_pid) == 0, (logs / "ref" / "run1.log").read_text()[-3000:]
+        assert len(points) >= 20, points
+        _assert_same(killed, reference, tmp_path)
+        runs = _runs(killed)
+        for r in runs:
+            assert r.read == r.inserted + r.updated + r.unchanged + r.quarantined, r.id
+        first_snapshot = [r for r in runs if r.snapshot_id == runs[-1].snapshot_id]
+        assert sum(r.inserted for r in first_snapshot) == ROWS  # each row inserted exactly once
+        # ... and read once: resumes skip committed batches.
+        assert sum(r.read for r in first_snapshot) == ROWS
+        assert first_snapshot[-1].status == "succeeded"
+        assert all(r.status == "failed" for r in first_snapshot[:-1])
+        assert len(first_snapshot) >= len(points) + 1
 
-    # A changed export: 2,000 updated, 1,000 gone, 500 new; killed a few times as well.
-    rows = [
-        r
-        for r in people(ROWS + 500, versions={i: 1 for i in range(0, 40_000, 20)})
-        if not 60_000 <= r["pid"] < 61_000
-    ]
-    write_source(source, rows)
-    ref = _sync(tmp_path / "reference" / "gateway.toml")
-    before = len(_runs(killed))
-    _kill_until_done(tmp_path / "killed" / "gateway.toml", killed, random.Random(7), 3)
-    ref.communicate(timeout=300)
-    assert _store_state(killed) == _store_state(reference)
-    assert read_table(
-        f"sqlite:///{tmp_path / 'target_killed.db'}", "mirror_people", "sfzh"
-    ) == read_table(f"sqlite:///{tmp_path / 'target_ref.db'}", "mirror_people", "sfzh")
-    second = _runs(killed)[before:]
-    assert sum(r.read for r in second) == len(rows)
-    assert (
-        sum(r.inserted for r in second),
-        sum(r.updated for r in second),
-        sum(r.removed for r in second),
-    ) == (
-        500,
-        2000,
-        1000,
-    )
-    for r in second:
-        assert r.read == r.inserted + r.updated + r.unchanged + r.quarantined, r.id
-    killed.engine.dispose()
-    reference.engine.dispose()
+        # A changed export: 2,000 updated, 1,000 gone, 500 new; killed a few times as well, and
+        # once while it marks the removals.
+        rows = [
+            r
+            for r in people(ROWS + 500, versions={i: 1 for i in range(0, 40_000, 20)})
+            if not 60_000 <= r["pid"] < 61_000
+        ]
+        write_source(source, rows)
+        ref_pid = ref.start()
+        before = len(_runs(killed))
+        for target in sorted(rnd.sample(range(1, len(rows) // BATCH - 2), 3)):
+            done = max(target, _cursor(killed)[1] + 1)
+            assert kill.kill_when(lambda c, done=done: c[1] >= done, rnd) is not None
+        # Reading done: marking removals. The run may finish before the poll sees it.
+        if kill.kill_when(lambda c: c[2], rnd) is not None:
+            kill.finish()
+        else:
+            assert kill.status == 0, kill.status
+        assert launcher.wait(ref_pid) == 0
+        _assert_same(killed, reference, tmp_path)
+        second = _runs(killed)[before:]
+        assert sum(r.read for r in second) == len(rows)
+        assert (
+            sum(r.inserted for r in second),
+            sum(r.updated for r in second),
+            sum(r.removed for r in second),
+        ) == (500, 2000, 1000)
+        for r in second:
+            assert r.read == r.inserted + r.updated + r.unchanged + r.quarantined, r.id
+    finally:
+        launcher.close()
+        killed.engine.dispose()
+        reference.engine.dispose()
