@@ -54,7 +54,7 @@ def test_init_writes_a_working_site(tmp_path: Path, suite: str) -> None:
     assert check.exit_code == 0, check.output
     # No secret in what init printed.
     ring = Keyring.load(folder / "keyring.json")
-    for key in ring.keys():
+    for key in ring:
         assert key.material.hex() not in result.output
     site.engine.dispose()
 

@@ -6,11 +6,22 @@ import click
 
 
 def BUILTIN() -> list[click.Command]:  # noqa: N802 - reads as a constant at the call site
-    from . import audit, db, demo, ids, init, keys, mappings, plugins_cmd
+    from . import (
+        audit,
+        db,
+        demo,
+        ids,
+        init,
+        keys,
+        mappings,
+        plugins_cmd,
+        quarantine,
+        reindex,
+        scheduler,
+        serve,
+    )
     from . import match as match_cmd
-    from . import quarantine, reindex, scheduler
     from . import request as request_cmd
-    from . import serve
     from . import sync as sync_cmd
 
     # `gateway keys reindex` lives beside the sync engine it shares batches with.
