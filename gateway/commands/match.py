@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from ..errors import GatewayError
+from ..errors import EXIT_PROBLEMS, GatewayError
 
 
 def _site(obj: object):
@@ -49,6 +49,12 @@ def _site(obj: object):
     help="After the run, delete the list rows of older runs, keeping the last run of each of the "
     "newest N months (counts stay for the trend).",
 )
+@click.option(
+    "--deliver/--no-deliver",
+    default=None,
+    help="Write the student flags to [match] flags_target. Default: after a new run when a "
+    "target is configured; with --run only when asked (re-delivers that run).",
+)
 @click.pass_obj
 def match_command(
     obj: object,
@@ -58,10 +64,11 @@ def match_command(
     reveal: bool,
     run_id: int | None,
     keep_months: int | None,
+    deliver: bool | None,
 ) -> None:
     """Compare the student roster with the registries: flags, children out of school, home
     teaching, rosters, aid gaps and the monthly counts (kept in the store for the trend)."""
-    from .. import match, match_report
+    from .. import match, match_delivery, match_report
 
     site = _site(obj)
     to_stdout = out is not None and str(out) == "-"
@@ -75,9 +82,18 @@ def match_command(
         raise click.UsageError(
             "--run writes a stored run; --as-of starts a new one: give one of them"
         )
+    flags_target = site.settings.match.flags_target
+    if deliver and not flags_target:
+        raise click.UsageError(
+            "--deliver needs [match] flags_target: the system the student flags are written to"
+        )
+    if deliver is None:
+        deliver = bool(flags_target) and run_id is None
     actor = match.default_actor()
     if reveal:
         match_report.check_reveal(site, actor)  # before any work; the refusal is audited
+    if deliver:
+        match_delivery.check_target(site)  # a wrong target fails before the run, not after
     echo = (lambda text: click.echo(text, err=True)) if to_stdout else click.echo
 
     if run_id is None:
@@ -116,6 +132,12 @@ def match_command(
     if outbox and run_id is None:
         files = match_report.write_township_files(site, run, site.path(outbox), actor=actor)
         echo(f"wrote {len(files)} township files to {site.path(outbox) / run.period}")
+    delivery = None
+    if deliver:
+        delivery = match_delivery.deliver_flags(site, run, actor=actor)
+        echo(delivery.line())
     if keep_months is not None:
         deleted = match.prune_rows(site, keep_months=keep_months)
         echo(f"pruned {deleted} list rows of runs older than the last {keep_months} months")
+    if delivery is not None and delivery.skipped:
+        click.get_current_context().exit(EXIT_PROBLEMS)  # students whose flags were not sent
