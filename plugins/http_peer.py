@@ -16,7 +16,7 @@ System options (``[systems.<name>]``, connector = "http")::
     secret_file = "keys/county-a-at-b.secret"  # default: the keyring's department key key_id
     suite = "sm4-gcm+hmac-sm3"   # the peer's suite (default: the secret file's, else ours)
     fields = ["status", ...]     # change feed: fields asked for (default: all the peer allows)
-    page_size = 500              # change feed page (at most the batch size of the job)
+    page_size = 500              # change feed (or REST limit_param) page, at most the batch size
     push_batch = 1000            # records per push request (the peer's max_batch or less)
     timeout = 60                 # seconds per request
     retries = 3
@@ -24,6 +24,15 @@ System options (``[systems.<name>]``, connector = "http")::
     # A REST service that is not a gateway (read only): where the items and the next cursor are.
     path = "/v1/persons"  items = "items"  cursor_param = "cursor"  next_field = "next_cursor"
     params = { region = "5226" }
+    key = ["id"]            # the item fields naming an item: its position is "/v1/persons id=42"
+    limit_param = "limit"   # the service's page-size parameter, if it has one (sent: page_size,
+                            # at most the batch size); without it the service's page is the batch
+
+The REST service's next cursor is stored after each page: a service that gives one after every
+page with items (null only on an empty page) is resumed exactly; one that gives null on its last
+page has that page read again by the next run (unchanged rows are then counted unchanged).
+An item that is not a JSON object, or lacks a ``key`` field, is a row with a problem (quarantined
+with its position: the item's index in the page and the cursor the page was asked with).
 
 The peer answers with ID numbers sealed to this gateway's open key when its policy says
 ``ids = "sealed"`` (give the peer this gateway's public key: ``gateway keys public open``); they
@@ -52,6 +61,7 @@ MAX_PAGE = 1000  # the API's page limit
 RETRYABLE = {0, 429, 500, 502, 503, 504}
 # Fields the outbound push never sends: the engine's bookkeeping.
 _ENGINE_KEYS = frozenset({"change", "removed", "subject_key"})
+_JSON_TYPES = {str: "string", int: "number", float: "number", bool: "boolean", list: "array"}
 
 
 class HttpPeerConnector(Connector):
@@ -74,6 +84,8 @@ class HttpPeerConnector(Connector):
         "cursor_param",
         "next_field",
         "params",
+        "key",
+        "limit_param",
     )
 
     def __init__(self, options: Mapping[str, Any], context: ConnectorContext):
@@ -95,6 +107,8 @@ class HttpPeerConnector(Connector):
         if self.push_batch < 1:
             raise ConfigError(f"{where}.push_batch: at least 1")
         self.rest_path = self.config.get("path")
+        key = self.config.get("key") or []
+        self.rest_key = [key] if isinstance(key, str) else list(key)
         self._client: Any = None
         self._where = where
 
@@ -221,13 +235,15 @@ class HttpPeerConnector(Connector):
         return Row(position, data, problems)
 
     def _read_rest(self, cursor: Any, batch_size: int) -> Iterator[Batch]:
-        from gateway.client import ClientError, open_document
+        from gateway.client import ClientError
 
         items_key = self.config.get("items", "items")
         cursor_param = self.config.get("cursor_param", "cursor")
         next_field = self.config.get("next_field", "next_cursor")
         params = dict(self.config.get("params") or {})
-        page_no = 0
+        limit_param = self.config.get("limit_param")
+        if limit_param:
+            params[limit_param] = max(1, min(self.page_size, batch_size))
         while True:
             query = {**params, cursor_param: cursor}
             try:
@@ -241,18 +257,44 @@ class HttpPeerConnector(Connector):
                     f"{self.url}{self.rest_path}",
                     f"the answer has no list {items_key!r}",
                 )
-            opener = self.client._opener
-            rows = []
-            for i, item in enumerate(items):
-                if opener is not None:
-                    item = open_document(item, opener, dataset=self.dataset)
-                rows.append(Row(f"{self.rest_path} page {page_no} item {i}", dict(item)))
+            # Positions name the page by the cursor it was asked with, not by a page counter, so
+            # they are the same whether a run read from the start or resumed.
+            page_at = "the first page" if cursor is None else f"page {cursor_param}={cursor}"
+            rows = [self._rest_row(item, f"item {i} of {page_at}") for i, item in enumerate(items)]
             nxt = page.get(next_field)
             cursor = nxt or cursor
-            page_no += 1
             yield Batch(rows, cursor=cursor)
             if not nxt:
                 return
+
+    def _rest_row(self, item: Any, where: str) -> Row:
+        """One item of a REST page; a malformed one is a row with a problem, not the end."""
+        from gateway.client import open_document
+        from gateway.schemas import scrub
+
+        # Scrubbed: a key or a cursor may be an ID number, and positions are stored in the clear.
+        position = scrub(f"{self.rest_path} {where}")
+        if not isinstance(item, dict):
+            kind = "null" if item is None else _JSON_TYPES.get(type(item), type(item).__name__)
+            return Row(
+                position,
+                {"_item": item},
+                [("", "not_an_object", f"the item is a JSON {kind}, not an object")],
+            )
+        opener = self.client._opener
+        if opener is not None:
+            item = open_document(item, opener, dataset=self.dataset)
+        key = self.rest_key
+        missing = [k for k in key if item.get(k) is None or item.get(k) == ""]
+        if missing:
+            return Row(
+                position,
+                dict(item),
+                [(missing[0], "missing_key", f"the item has no {', '.join(missing)} (its key)")],
+            )
+        if key:
+            position = scrub(f"{self.rest_path} " + ",".join(f"{k}={item[k]}" for k in key))
+        return Row(position, dict(item))
 
     # -- write --------------------------------------------------------------------------------
 
