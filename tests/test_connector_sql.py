@@ -228,3 +228,14 @@ class TestSqlContract(ConnectorContract):
             engine.dispose()
 
         return drop
+
+
+def test_positions_never_hold_an_id_number(tmp_path) -> None:
+    url = f"sqlite:///{tmp_path / 'ids.db'}"
+    seed(url, [])
+    id_number = "522636201503010029"
+    conn = connector(url, table="学生信息")
+    conn.write([{"身份证件号": id_number, "姓名": "王五", "学籍状态": "在读"}], key=["身份证件号"])
+    position = next(iter(conn.read())).rows[0].position
+    assert id_number not in position and position.startswith("学生信息:身份证件号=522636")
+    conn.close()
