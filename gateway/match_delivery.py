@@ -67,7 +67,7 @@ DATASET = "flags"
 PURPOSE = "student-aid"  # 精准资助 and 重点监测: what the education bureau uses the flags for
 ACTION_BATCH = "match.deliver"
 ACTION_RUN = "match.deliver_run"
-BATCH_SIZE = 2000
+BATCH_SIZE = 1000  # rows x columns stay far below SQLite's 32766 bound variables per statement
 RETRIES = 3
 
 M = MatchRow.__table__
@@ -217,35 +217,46 @@ _STUDENT_COLUMNS = (
 
 
 def _pages(
-    site: Site, query: sa.Select[Any], subject: sa.ColumnElement[str], batch_size: int
+    site: Site,
+    keys_query: sa.Select[Any],
+    subject: sa.ColumnElement[str],
+    rows_query: sa.Select[Any],
+    batch_size: int,
 ) -> Iterator[list[dict[str, Any]]]:
-    """Pages of ``query`` (ordered by ``subject`` first), one row per subject: the first of each
-    subject, i.e. the preferred record. The next page starts after the page's last subject, so a
-    subject's less preferred rows cut off at a page's end are skipped, never sent twice."""
+    """Pages of at most ``batch_size`` people, one row each: the next subject keys in order
+    (``keys_query``, a walk along the ``(run_id, list_name, subject_key)`` index that stops after
+    the page), then every row of that key range (``rows_query``, ordered by subject and
+    preference), the first of each subject kept. Sorting a page's rows, never the list's, keeps
+    the last page as cheap as the first."""
     after: str | None = None
     while True:
-        page_query = query if after is None else query.where(subject > after)
+        page_keys = keys_query if after is None else keys_query.where(subject > after)
         with site.engine.connect() as conn:
-            rows = [dict(r._mapping) for r in conn.execute(page_query.limit(batch_size))]
-        if not rows:
-            return
+            found = list(conn.execute(page_keys.limit(batch_size)).scalars())
+            if not found:
+                return
+            page = rows_query.where(subject <= found[-1])
+            if after is not None:
+                page = page.where(subject > after)
+            rows = [dict(r._mapping) for r in conn.execute(page)]
         chosen: list[dict[str, Any]] = []
         for row in rows:
             if not chosen or chosen[-1]["subject_key"] != row["subject_key"]:
                 chosen.append(row)
         yield chosen
-        after = rows[-1]["subject_key"]
-        if len(rows) < batch_size:
+        after = found[-1]
+        if len(found) < batch_size:
             return
 
 
 def _flag_rows(
     site: Site, run_id: int, target: str, batch_size: int
 ) -> Iterator[list[dict[str, Any]]]:
-    query = (
+    listed = (M.c.run_id == run_id, M.c.list_name == "flags")
+    keys = select(M.c.subject_key).where(*listed).order_by(M.c.subject_key)
+    rows = (
         select(
             M.c.subject_key,
-            M.c.id_type,
             M.c.school_code,
             M.c.school_name,
             M.c.grade,
@@ -257,10 +268,10 @@ def _flag_rows(
             *_STUDENT_COLUMNS,
         )
         .select_from(M.join(S, S.c.id == M.c.record_id))
-        .where(M.c.run_id == run_id, M.c.list_name == "flags")
+        .where(*listed)
         .order_by(M.c.subject_key, *_student_preference(target))
     )
-    return _pages(site, query, M.c.subject_key, batch_size)
+    return _pages(site, keys, M.c.subject_key, rows, batch_size)
 
 
 def _cleared_rows(
@@ -268,20 +279,45 @@ def _cleared_rows(
 ) -> Iterator[list[dict[str, Any]]]:
     """Students on the baseline run's flags list and not on this run's."""
     prev, cur = M.alias("prev"), M.alias("cur")
-    still = exists(
-        select(literal_column("1")).where(
-            cur.c.run_id == run_id,
-            cur.c.list_name == "flags",
-            cur.c.subject_key == prev.c.subject_key,
-        )
+    gone = (
+        prev.c.run_id == baseline,
+        prev.c.list_name == "flags",
+        ~exists(
+            select(literal_column("1")).where(
+                cur.c.run_id == run_id,
+                cur.c.list_name == "flags",
+                cur.c.subject_key == prev.c.subject_key,
+            )
+        ),
     )
-    query = (
+    keys = select(prev.c.subject_key).where(*gone).order_by(prev.c.subject_key)
+    rows = (
         select(prev.c.subject_key, *_STUDENT_COLUMNS)
         .select_from(prev.join(S, S.c.id == prev.c.record_id))
-        .where(prev.c.run_id == baseline, prev.c.list_name == "flags", ~still)
+        .where(*gone)
         .order_by(prev.c.subject_key, *_student_preference(target))
     )
-    return _pages(site, query, prev.c.subject_key, batch_size)
+    return _pages(site, keys, prev.c.subject_key, rows, batch_size)
+
+
+def _fresh_statistics(site: Site) -> None:
+    """PostgreSQL: ANALYZE ``match_rows`` when its statistics predate most of its rows (a run
+    just wrote them; autovacuum gets there within minutes). Without them the planner takes the
+    run's whole list for one row, filters it instead of walking the subject index, and every
+    page costs as much as the list."""
+    if site.engine.dialect.name != "postgresql":
+        return
+    try:
+        with site.engine.begin() as conn:
+            live, changed, analyzed = conn.exec_driver_sql(
+                "SELECT n_live_tup, n_mod_since_analyze, "
+                "coalesce(last_analyze, last_autoanalyze) IS NOT NULL "
+                "FROM pg_stat_user_tables WHERE relid = 'match_rows'::regclass"
+            ).one()
+            if not analyzed or changed > live * 0.1:
+                conn.exec_driver_sql("ANALYZE match_rows")
+    except SQLAlchemyError as exc:  # statistics help the plan; the delivery works without them
+        log.warning("match delivery: could not ANALYZE match_rows: %s", exc.__class__.__name__)
 
 
 def _record(row: dict[str, Any], run: MatchSummary, *, cleared: bool) -> dict[str, Any]:
@@ -497,10 +533,26 @@ def deliver_flags(
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
     target, mapper, connector = _resolve(site, target)
+    try:
+        return _deliver(site, run, actor, target, mapper, connector, batch_size)
+    finally:
+        connector.close()
+
+
+def _deliver(
+    site: Site,
+    run: MatchSummary,
+    actor: str,
+    target: str,
+    mapper: OutboundMapper,
+    connector: Connector,
+    batch_size: int,
+) -> DeliveryResult:
+    began = time.perf_counter()
     baseline = _baseline(site, target, run)
+    _fresh_statistics(site)
     result = DeliveryResult(run.run_id, target, mapper.name, mapper.version, baseline)
     batcher = _Batcher(site, run, connector, mapper, result, actor)
-    began = time.perf_counter()
     try:
         for rows in _flag_rows(site, run.run_id, target, batch_size):
             batcher.send(rows, cleared=False)
@@ -519,8 +571,6 @@ def deliver_flags(
                 f"{scrub(first[0] if first else exc.__class__.__name__)}"
             ) from None
         raise exc from None
-    finally:
-        connector.close()
     _audit_run(site, result, actor, outcome="ok")
     log.info("%s in %.2f s", result.line(), time.perf_counter() - began)
     return result
