@@ -381,6 +381,41 @@ def test_xlsx_file_gets_a_formatted_sheet(make_site, tmp_path):
     assert path.read_bytes() == before  # nothing to change: the file is not rewritten
 
 
+@only_sqlite_store
+def test_csv_file_in_gbk(make_site):
+    site = make_site(
+        {
+            "systems": {
+                "flags_csv": {
+                    "plugin": "student_status",
+                    "connector": "csv",
+                    "path": "学生标注.csv",
+                    "encoding": "gbk",
+                }
+            },
+            "match": {"flags_target": "flags_csv"},
+        }
+    )
+    b = MatchData(site)
+    build_county(b)
+    run = match.run_match(site, AS_OF)
+    assert match_delivery.deliver_flags(site, run, actor="job:flags").written == WriteResult(
+        18, 0, 0
+    )
+    path = site.base_dir / "学生标注.csv"
+    raw = path.read_bytes()
+    lines = raw.decode("gbk").splitlines()
+    assert lines[0].split(",") == list(WRITTEN)
+    got = {line.split(",")[0]: line.split(",") for line in lines[1:]}
+    want = {
+        number: ["" if row[c] is None else row[c] for c in WRITTEN]
+        for number, row in all_flagged(b).items()
+    }
+    assert got == want
+    again = match_delivery.deliver_flags(site, run, actor="job:flags")
+    assert again.written == WriteResult(0, 0, 18) and path.read_bytes() == raw
+
+
 # ---------------------------------------------------------------------------------------------
 # No ID in the clear outside the target; the command line
 
@@ -461,6 +496,28 @@ def test_command_line_options(county):
     assert "delivered the flags of run 1" in asked.output
     assert read_target(engine) == all_flagged(b)
     assert match.list_runs(site)[0].run_id == 1  # --run computed nothing new
+    engine.dispose()
+
+
+@only_sqlite_store
+def test_a_number_that_does_not_open_is_not_sent_and_exits_1(county):
+    site, b, engine = county()
+    students = Base.metadata.tables["students"]
+    moved = b.key("f_dis2")
+    with site.engine.begin() as conn:  # f_dis2's token sealed for someone else: it cannot open
+        token = site.protector.seal(
+            b.people["f_dis2"].number, dataset="students", field="id_number", record=b.key("f_hk")
+        )
+        conn.execute(
+            sa.update(students).where(students.c.subject_key == moved).values(id_number=token)
+        )
+    result = run_cli(site, "--as-of", AS_OF.isoformat())
+    assert result.exit_code == 1, result.output
+    assert "17 students flagged" in result.output and "not sent: 1 unopened" in result.output
+    held = read_target(engine)
+    assert set(held) == {b.people[label].number for label in FLAGGED if label != "f_dis2"}
+    done = audit.search(site, action="match.deliver_run")[0]
+    assert done["outcome"] == "ok" and done["detail"]["skipped"] == {"unopened": 1}
     engine.dispose()
 
 
