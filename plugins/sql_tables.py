@@ -211,7 +211,7 @@ class SqlConnector(Connector):
                     else:
                         result.unchanged += 1
                 if changed:
-                    conn.execute(self._upsert(conn.dialect.name, table, key, changed))
+                    conn.execute(self._upsert(conn.dialect.name, table, key, changed), changed)
         except SQLAlchemyError as exc:
             raise self._fail(exc) from None
         return result
@@ -238,7 +238,9 @@ class SqlConnector(Connector):
             raise SourceError(
                 "sql", dialect, "upsert is supported on PostgreSQL, MySQL/MariaDB and SQLite"
             )
-        stmt = make(table).values(list(rows))
+        # Parameters go in as an executemany (conn.execute(stmt, rows)): no giant statement to
+        # build, and no limit on bound variables per statement.
+        stmt = make(table)
         updates = [c for c in rows[0] if c not in key]
         if dialect in ("mysql", "mariadb"):
             return (
