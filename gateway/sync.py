@@ -449,6 +449,7 @@ class JobRunner:
         self.rp = job.protector
         # Set when the run starts (a replay and a --full run map every row).
         self.fingerprinter: RowFingerprints | None = None
+        self._match_fingerprints = True
         self._conn: Connection | None = None  # the batches' connection while reading
         self.mapper = job.mapper
         self.snapshot = job.settings.mode == "snapshot"
@@ -496,6 +497,10 @@ class JobRunner:
             s.total = total() if callable(total) else None
         if not self.full:
             self.fingerprinter = RowFingerprints(self.site.protector, self._fingerprint_context())
+            # Nothing of the source stored yet (a first ingest): no fingerprint can match, so
+            # none is looked up (rows this run inserts are found by their record key).
+            with self.site.engine.connect() as conn:
+                self._match_fingerprints = self.store.any_present(conn, self.job.source)
         if self.dry_run:
             # A dry run compares the whole export (snapshot) or what follows the cursor
             # (incremental) with the store, writing nothing.
@@ -1097,7 +1102,7 @@ class JobRunner:
     def _by_fingerprint(self, fingerprints: Sequence[bytes | None]) -> dict[bytes, Any]:
         """fingerprint -> (id, last_run_id) of the stored rows carrying one of them."""
         wanted = [fp for fp in fingerprints if fp is not None]
-        if not wanted:
+        if not wanted or not self._match_fingerprints:
             return {}
         with self._reading() as conn:
             return self.store.by_fingerprint(conn, self.job.source, wanted)

@@ -139,6 +139,16 @@ class DatasetTable:
                 out[bytes(fp)] = (row_id, last_run)
         return out
 
+    def any_present(self, conn: Connection, source: str) -> bool:
+        """Whether any row of ``source`` is present (not removed)."""
+        t = self.table
+        return (
+            conn.execute(
+                select(t.c.id).where(t.c.source == source, t.c.removed == false()).limit(1)
+            ).first()
+            is not None
+        )
+
     def present(self, conn: Connection, source: str) -> int:
         """How many rows of ``source`` are present (not removed): counted in the fingerprint
         index, whose first columns are (source, removed)."""
