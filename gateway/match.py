@@ -138,15 +138,6 @@ LISTS: dict[str, ListSpec] = {
     )
 }
 
-STATUS_LABELS = {
-    "enrolled": "在读",
-    "suspended": "休学",
-    "transferred_out": "转出",
-    "suspected_dropout": "疑似辍学",
-    "dropout": "辍学",
-    "graduated": "毕业",
-    "deceased": "死亡",
-}
 MONITOR_TYPES = ("unstable", "marginal", "hardship")
 ASSISTANCE_FLAGS = ("dibao", "tekun", "orphan", "unsupported_child")
 REGISTRIES = ("residents", "poverty", "disability", "assistance")  # also the area-choice order

@@ -23,7 +23,7 @@ import sqlalchemy as sa
 from openpyxl import Workbook
 from openpyxl.cell.cell import ILLEGAL_CHARACTERS_RE
 
-from . import ids, match
+from . import ids, match, schemas
 from .crypto import CryptoError
 from .errors import EXIT_USAGE, GatewayError
 from .store.records import DATASET_MODELS
@@ -37,24 +37,6 @@ FORMATS = ("xlsx", "json")
 PURPOSE = "dropout-control"
 _BATCH = 1000
 
-SEX = {"1": "男", "2": "女"}
-ID_TYPES = {"1": "居民身份证", "6": "港澳居民来往内地通行证", "7": "港澳居民居住证", "8": "台湾居民来往大陆通行证",
-            "9": "外国人永久居留身份证", "A": "护照", "Z": "其他"}  # fmt: skip
-DISABILITY_CATEGORIES = {
-    1: "视力",
-    2: "听力",
-    3: "言语",
-    4: "肢体",
-    5: "智力",
-    6: "精神",
-    7: "多重",
-}
-DISABILITY_GRADES = {1: "一级", 2: "二级", 3: "三级", 4: "四级"}
-MONITOR_TYPES = {
-    "unstable": "脱贫不稳定户",
-    "marginal": "边缘易致贫户",
-    "hardship": "突发严重困难户",
-}
 REASONS = {"out_of_school": "失学辍学", "suspended": "休学"}
 REGISTRY_LABELS = {
     "residents": "户籍",
@@ -271,17 +253,17 @@ def _label(column: str, value: Any) -> Any:
     if isinstance(value, bool):
         return "是" if value else None
     if column == "sex":
-        return SEX.get(value, value)
+        return schemas.SEX.get(value, value)
     if column == "id_type":
-        return ID_TYPES.get(value, value)
+        return schemas.ID_TYPES.get(value, value)
     if column == "student_status":
-        return match.STATUS_LABELS.get(value, value)
+        return schemas.STUDENT_STATUS.get(value, value)
     if column == "disability_category":
-        return DISABILITY_CATEGORIES.get(value, value)
+        return schemas.DISABILITY_CATEGORY.get(value, value)
     if column == "disability_grade":
-        return DISABILITY_GRADES.get(value, value)
+        return schemas.DISABILITY_GRADE.get(value, value)
     if column == "monitor_type":
-        return MONITOR_TYPES.get(value, value)
+        return schemas.POVERTY_TYPE.get(value, value)
     if column == "reason":
         return REASONS.get(value, value)
     if column == "registries":
