@@ -15,12 +15,14 @@ import contextlib
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import bindparam, false, func, insert, select, update
+from sqlalchemy import bindparam, false, func, insert, select, text, update
 
 if TYPE_CHECKING:
     from sqlalchemy import Connection, Table
 
-LOOKUP_CHUNK = 2000  # keys per IN (...) on SQLite (its bound-parameter limit is 32766)
+# Keys per look-up: SQLite's bound-parameter limit is 32766; PostgreSQL's planner (default
+# costs) answers ANY(...) of a few thousand keys with index scans, of 5000 with a table scan.
+LOOKUP_CHUNK = 2000
 # SQLite page cache of a connection the sync works on, in KiB (the default is 2 MiB): the indexes
 # of a dataset table take random inserts, and a cache that holds them (100k rows: ~25 MB) saves
 # ~40% of the insert cost. Memory is taken only as pages are used.
@@ -58,6 +60,29 @@ class DatasetTable:
             f"WHERE id = {m}"
         )
         self._fingerprint_sql = f"UPDATE {self.name} SET fingerprint = {m} WHERE id = {m}"
+
+    def planner_rows(self, conn: Connection) -> tuple[int, int] | None:
+        """PostgreSQL: (rows the planner's statistics of the table count, 0 if it was never
+        analyzed; live rows as the server's activity statistics count them). None elsewhere
+        (SQLite plans these look-ups well without statistics)."""
+        if self.driver != "postgresql":
+            return None
+        row = conn.execute(
+            text(
+                "SELECT c.reltuples, coalesce(s.n_live_tup, 0) FROM pg_class c "
+                "LEFT JOIN pg_stat_user_tables s ON s.relid = c.oid "
+                "WHERE c.oid = CAST(:name AS regclass)"
+            ),
+            {"name": self.name},
+        ).one()
+        return max(0, int(row[0] or 0)), int(row[1] or 0)
+
+    def analyze(self, conn: Connection) -> None:
+        """Refresh PostgreSQL's planner statistics of the table. Without them (a table filled
+        since its last ANALYZE) the planner takes ``source = ...`` for selective and answers the
+        look-ups by reading every row of the source, once per batch."""
+        if self.driver == "postgresql":
+            conn.exec_driver_sql(f"ANALYZE {self.name}")
 
     def tune(self, conn: Connection) -> None:
         """Connection settings for bulk work (SQLite: a larger page cache). Durability is the
@@ -105,13 +130,14 @@ class DatasetTable:
             return out
         if self.driver == "postgresql":
             with self._cursor(conn) as cur:
-                cur.execute(
-                    f"SELECT id, fingerprint, last_run_id FROM {self.name} "
-                    "WHERE source = %s AND removed = false AND fingerprint = ANY(%s)",
-                    (source, list(fingerprints)),
-                )
-                for row_id, fp, last_run in cur.fetchall():
-                    out[bytes(fp)] = (row_id, last_run)
+                for i in range(0, len(fingerprints), LOOKUP_CHUNK):
+                    cur.execute(
+                        f"SELECT id, fingerprint, last_run_id FROM {self.name} "
+                        "WHERE source = %s AND removed = false AND fingerprint = ANY(%s)",
+                        (source, list(fingerprints[i : i + LOOKUP_CHUNK])),
+                    )
+                    for row_id, fp, last_run in cur.fetchall():
+                        out[bytes(fp)] = (row_id, last_run)
             return out
         if self.driver == "sqlite":
             with self._cursor(conn) as cur:
@@ -166,12 +192,20 @@ class DatasetTable:
         cols = "record_key, id, content_hash, removed, last_run_id, fingerprint"
         if self.driver == "postgresql":
             with self._cursor(conn) as cur:
-                cur.execute(
-                    f"SELECT {cols} FROM {self.name} WHERE source = %s AND record_key = ANY(%s)",
-                    (source, list(keys)),
-                )
-                for rk, rid, ch, removed, last_run, fp in cur.fetchall():
-                    out[rk] = (rid, ch, bool(removed), last_run, None if fp is None else bytes(fp))
+                for i in range(0, len(keys), LOOKUP_CHUNK):
+                    cur.execute(
+                        f"SELECT {cols} FROM {self.name} "
+                        "WHERE source = %s AND record_key = ANY(%s)",
+                        (source, list(keys[i : i + LOOKUP_CHUNK])),
+                    )
+                    for rk, rid, ch, removed, last_run, fp in cur.fetchall():
+                        out[rk] = (
+                            rid,
+                            ch,
+                            bool(removed),
+                            last_run,
+                            None if fp is None else bytes(fp),
+                        )
             return out
         if self.driver == "sqlite":
             with self._cursor(conn) as cur:

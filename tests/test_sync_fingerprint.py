@@ -356,3 +356,23 @@ def test_seal_many_makes_tokens_that_open_like_seal(suite_name):
     assert again[0] != again[1]
     with pytest.raises(ValueError, match="one record per plaintext"):
         p.seal_many(texts, dataset="residents", field="name", records=records[:1])
+
+
+def test_postgresql_planner_statistics_follow_a_large_ingest(env, monkeypatch):
+    """On PostgreSQL the look-ups need fresh planner statistics (else every batch reads all rows
+    of the source): a run that doubles the table refreshes them."""
+    site, data, _ = env
+    if site.engine.dialect.name != "postgresql":
+        pytest.skip("PostgreSQL planner statistics")
+    monkeypatch.setattr(gateway.sync, "ANALYZE_MIN_ROWS", 50)
+
+    def counted() -> float:
+        with site.engine.connect() as conn:
+            return conn.execute(
+                sa.text("SELECT reltuples FROM pg_class WHERE oid = 'residents'::regclass")
+            ).scalar_one()
+
+    assert counted() <= 0  # never analyzed
+    _write_csv(data, people(200))
+    run_job(site, "residents")
+    assert counted() >= 100  # analyzed at 50+ and again at 100+ rows (batches of 40)
