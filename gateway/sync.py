@@ -399,21 +399,34 @@ def _errors_message(errors: Sequence[Any]) -> str:
     return "; ".join(f"{e.field}: {e.message}" for e in errors)
 
 
+_gc_lock = threading.Lock()
+_gc_users = 0
+_gc_saved: tuple[int, ...] = ()
+
+
 @contextlib.contextmanager
 def _quiet_gc(young: int = 10_000) -> Iterator[None]:
     """Less garbage-collector work while batches stream through: the objects that exist before
     (modules, the ORM's metadata, the site) are frozen out of full collections, and the youngest
     generation is collected every ``young`` allocations instead of 700. Batches make no cycles
     worth chasing sooner; a full collection walking every long-lived object costs a quarter of
-    an unchanged snapshot's time. Process-wide while it lasts, restored after."""
-    before = gc.get_threshold()
-    gc.freeze()
-    gc.set_threshold(max(before[0], young), *before[1:])
+    an unchanged snapshot's time. Process-wide while any run (thread) is inside; the first in
+    sets it, the last out restores it."""
+    global _gc_users, _gc_saved
+    with _gc_lock:
+        if _gc_users == 0:
+            _gc_saved = gc.get_threshold()
+            gc.freeze()
+            gc.set_threshold(max(_gc_saved[0], young), *_gc_saved[1:])
+        _gc_users += 1
     try:
         yield
     finally:
-        gc.set_threshold(*before)
-        gc.unfreeze()
+        with _gc_lock:
+            _gc_users -= 1
+            if _gc_users == 0:
+                gc.set_threshold(*_gc_saved)
+                gc.unfreeze()
 
 
 def backoff_delay(attempt: int, base: float = BACKOFF_BASE_S, cap: float = BACKOFF_CAP_S) -> float:

@@ -304,3 +304,19 @@ def test_unknown_job_is_a_config_error(make_site, urls):
     site = _site(make_site, urls)
     with pytest.raises(ConfigError, match="jobs.nope"):
         run_job(site, "nope")
+
+
+def test_quiet_gc_is_restored_by_the_last_run_out():
+    import gc
+
+    from gateway.sync import _quiet_gc
+
+    before = gc.get_threshold()
+    first, second = _quiet_gc(), _quiet_gc()
+    first.__enter__()
+    assert gc.get_freeze_count() > 0 and gc.get_threshold()[0] >= 10_000
+    second.__enter__()  # a second run in another thread of the process
+    first.__exit__(None, None, None)  # the first ends before it: still quiet for the second
+    assert gc.get_threshold()[0] >= 10_000
+    second.__exit__(None, None, None)
+    assert gc.get_threshold() == before and gc.get_freeze_count() == 0
