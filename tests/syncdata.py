@@ -247,11 +247,6 @@ def dump_store_text(url: str) -> str:
     return "\n".join(out)
 
 
-def install_standins() -> None:
-    """Nothing left to stand in for (the built-in transforms plugin is registered now); kept
-    because tests/test_review_pages.py and tests/test_review_browser.py still call it."""
-
-
 def write_mappings(site_dir: Path) -> None:
     """The job's inbound mapping and the target's outbound mapping, as the site's own copies."""
     folder = site_dir / "mappings"
