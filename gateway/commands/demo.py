@@ -52,7 +52,7 @@ def demo_command(
             f"  department {name}: key id {key_id}, secret in {result.folder / 'education.secret.json'}"
         )
         click.echo(
-            f"    gateway request GET /api/v1/match/out_of_school --url http://127.0.0.1:{port} "
+            f"    gateway request GET /api/v1/match/out_of_school -p purpose=dropout-control --url http://127.0.0.1:{port} "
             f"--secret-file {result.folder / 'education.secret.json'}"
         )
         click.echo(
