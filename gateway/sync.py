@@ -535,7 +535,6 @@ class JobRunner:
                     state = session.get(JobCursor, self.job.name)
                     self.cursor = json.loads(state.cursor) if state and state.cursor else None
             return
-        from .plugins import plugin_versions
 
         now = utcnow()
         with self.site.begin() as session:
@@ -572,25 +571,7 @@ class JobRunner:
                     0,
                     False,
                 )
-            run = Run(
-                job=self.job.name,
-                kind="sync",
-                mode=self.job.settings.mode,
-                status="running",
-                full=self.full,
-                source=self.job.source,
-                dataset=self.job.dataset,
-                mapping_name=s.mapping_name,
-                mapping_version=s.mapping_version,
-                plugin_versions=json.dumps(plugin_versions(self.site.plugins), sort_keys=True),
-                holder=self.lease.holder if self.lease else None,
-                started_at=now,
-                heartbeat_at=now,
-            )
-            session.add(run)
-            session.flush()
-            s.run_id = run.id
-            self.run_ids = {run.id}
+            run = self._add_run(session, s, "sync", now, full=self.full)
             if previous is not None and previous.status != "succeeded" and resuming:
                 s.resumed_from = previous.id
             if self.snapshot:
@@ -986,6 +967,34 @@ class JobRunner:
                 .values(status="resolved", resolved_run_id=self.summary.run_id, updated_at=now)
             )
 
+    def _add_run(
+        self, session: Session, s: RunSummary, kind: str, now: dt.datetime, *, full: bool = False
+    ) -> Run:
+        """The run's history row, flushed so the run id is known; the summary and this runner
+        follow it from here."""
+        from .plugins import plugin_versions
+
+        run = Run(
+            job=self.job.name,
+            kind=kind,
+            mode=self.job.settings.mode,
+            status="running",
+            full=full,
+            source=self.job.source,
+            dataset=self.job.dataset,
+            mapping_name=s.mapping_name,
+            mapping_version=s.mapping_version,
+            plugin_versions=json.dumps(plugin_versions(self.site.plugins), sort_keys=True),
+            holder=self.lease.holder if self.lease else None,
+            started_at=now,
+            heartbeat_at=now,
+        )
+        session.add(run)
+        session.flush()
+        s.run_id = run.id
+        self.run_ids = {run.id}
+        return run
+
     def replay(self, rows: Sequence[QuarantineRow]) -> RunSummary:
         """Run quarantined rows again through the current mapping: resolved rows are stored and
         marked resolved; rows still bad keep their quarantine row with the new reason."""
@@ -993,27 +1002,9 @@ class JobRunner:
         s.kind = "replay"
         self.snapshot = False  # a replay neither resumes nor removes anything
         now = utcnow()
-        from .plugins import plugin_versions
 
         with self.site.begin() as session:
-            run = Run(
-                job=self.job.name,
-                kind="replay",
-                mode=self.job.settings.mode,
-                status="running",
-                source=self.job.source,
-                dataset=self.job.dataset,
-                mapping_name=s.mapping_name,
-                mapping_version=s.mapping_version,
-                plugin_versions=json.dumps(plugin_versions(self.site.plugins), sort_keys=True),
-                holder=self.lease.holder if self.lease else None,
-                started_at=now,
-                heartbeat_at=now,
-            )
-            session.add(run)
-            session.flush()
-            s.run_id = run.id
-            self.run_ids = {run.id}
+            self._add_run(session, s, "replay", now)
         if self.progress:
             self.progress.start(s)
         try:
