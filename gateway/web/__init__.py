@@ -50,6 +50,10 @@ def create_app(site: Site | None = None, config_path: str | Path | None = None) 
     app.json.ensure_ascii = False  # Chinese labels stay readable
     app.json.sort_keys = False
     app.extensions["gateway.site"] = site
+    if site.engine.dialect.name == "postgresql":
+        from .reads import ReadConnections
+
+        app.extensions["gateway.reads"] = ReadConnections(site.engine)
     problems.init_app(app)
     metrics.init_app(app)  # first: its timer also covers the signature check
     auth.init_app(app)

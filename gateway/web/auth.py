@@ -51,7 +51,7 @@ from .context import current_site
 from .problems import Problem, problem_slug
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
     from sqlalchemy import Connection
 
@@ -215,7 +215,7 @@ def commit_answer() -> None:
     events = g.pop("answer_events", [])
     nonce = None if g.get("nonce_recorded") else g.get("nonce")
     try:
-        committer.commit(nonce, events, [_replay_event()])
+        committer.commit(nonce, events, _replay_events())
     except Replayed:
         g.replayed = True
         raise Problem("replayed-nonce", "this nonce was already used within the window") from None
@@ -316,37 +316,57 @@ def _safe_text(value: str | None, limit: int) -> str | None:
     return None if not text or audit.looks_like_id(text) else text
 
 
-def refusal_event(status: int, slug: str) -> audit.AuditEvent:
-    """The ``api.refused`` entry of this request: who, what, why; never the body."""
+def _refusal_facts(status: int, slug: str) -> dict[str, Any]:
+    """What a refusal entry says of this request, read now (cheap: nothing is checked yet)."""
     caller: Caller | None = g.get("caller")
-    actor = (
-        caller.actor if caller else f"unauthenticated:{_safe_actor_name(g.get('claimed_key', ''))}"
-    )
-    detail = {
+    return {
+        "actor": caller.actor if caller else None,
+        "claimed_key": g.get("claimed_key", ""),
         "method": request.method,
-        "path": _safe_text(request.path, 200) or "-",
+        "path": request.path,
         "status": status,
-        "problem": slug,
+        "slug": slug,
+        "dataset": (request.view_args or {}).get("dataset"),
+        "purpose": g.get("purpose"),
+        "fields": list(g.get("refused_fields", ())),
     }
-    if caller is None and g.get("claimed_key"):
-        detail["reason"] = "caller not established"
-    view_args = request.view_args or {}
-    dataset = view_args.get("dataset")
+
+
+def _refusal_from(facts: dict[str, Any]) -> audit.AuditEvent:
+    """The ``api.refused`` entry of a request: who, what, why; never the body."""
     from ..schemas import DATASETS
 
+    actor = facts["actor"] or f"unauthenticated:{_safe_actor_name(facts['claimed_key'])}"
+    detail = {
+        "method": facts["method"],
+        "path": _safe_text(facts["path"], 200) or "-",
+        "status": facts["status"],
+        "problem": facts["slug"],
+    }
+    if facts["actor"] is None and facts["claimed_key"]:
+        detail["reason"] = "caller not established"
+    dataset = facts["dataset"]
     return audit.AuditEvent.create(
         actor=actor,
         action="api.refused",
         outcome="refused",
         dataset=dataset if dataset in DATASETS else None,
-        purpose=_safe_text(g.get("purpose"), 100),
-        fields=[f for f in g.get("refused_fields", ()) if isinstance(f, str)][:50],
+        purpose=_safe_text(facts["purpose"], 100),
+        fields=[f for f in facts["fields"] if isinstance(f, str)][:50],
         detail=detail,
     )
 
 
-def _replay_event() -> audit.AuditEvent:
-    return refusal_event(401, "replayed-nonce")
+def refusal_event(status: int, slug: str) -> audit.AuditEvent:
+    """The ``api.refused`` entry of this request: who, what, why; never the body."""
+    return _refusal_from(_refusal_facts(status, slug))
+
+
+def _replay_events() -> Callable[[], list[audit.AuditEvent]]:
+    """This request's entry should its nonce turn out to be replayed: built only then, possibly
+    by another request's thread (so from facts read now)."""
+    facts = _refusal_facts(401, "replayed-nonce")
+    return lambda: [_refusal_from(facts)]
 
 
 def _audit_refusal(response: Response, committer: GroupCommitter) -> None:

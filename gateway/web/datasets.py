@@ -24,7 +24,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from flask import Blueprint, Response, jsonify
+from flask import Blueprint, Response, current_app, jsonify
 from sqlalchemy import String, and_, any_, bindparam, false, or_, select
 from sqlalchemy.dialects.postgresql import ARRAY
 
@@ -48,6 +48,7 @@ from .disclose import IDENTITY_FIELDS, Discloser, requestable_fields
 from .openapi import operation
 from .problems import Problem
 from .push import run_push
+from .reads import ReadConnections, lookup_sql
 from .schemas import (
     DATASET_PARAM,
     SUBJECT_KEY_PATTERN,
@@ -118,8 +119,12 @@ def _default_fields(rule: AllowRule, dataset: str) -> list[str]:
     return [f for f in rule.fields if f in known]
 
 
+def _area_prefixes(caller: Caller, rule: AllowRule) -> list[str]:
+    return list(rule.areas or ([caller.department.area] if caller.department.area else []))
+
+
 def _area_clause(table: Table, caller: Caller, rule: AllowRule) -> ColumnElement[bool] | None:
-    prefixes = rule.areas or ([caller.department.area] if caller.department.area else [])
+    prefixes = _area_prefixes(caller, rule)
     if not prefixes:
         return None
     return or_(*(table.c.area_code.like(f"{p}%") for p in prefixes))
@@ -176,6 +181,19 @@ class _Indexer:
         if not _SUBJECT_KEY.match(key) or key_id_of(key) not in self._key_ids:
             return [], "unknown_subject_key: not a subject key of this gateway"
         return [key], None
+
+
+def _rows_by_subject_pg(
+    table: Table, keys: Sequence[str], columns: Sequence[str], prefixes: Sequence[str]
+) -> dict[str, list[Mapping[str, Any]]]:
+    """PostgreSQL: the one SELECT through the driver (gateway/web/reads.py)."""
+    reads: ReadConnections = current_app.extensions["gateway.reads"]
+    wanted = tuple(c for c in dict.fromkeys(columns) if c in table.c)
+    sql = lookup_sql(table, wanted, len(prefixes))
+    out: dict[str, list[Mapping[str, Any]]] = {}
+    for row in reads.fetch(sql, [list(keys), *(f"{p}%" for p in prefixes)]):
+        out.setdefault(row["subject_key"], []).append(row)
+    return out
 
 
 def _rows_by_subject(
@@ -242,7 +260,14 @@ def lookup(dataset: str) -> Response:
     indexer = _Indexer(site)
     parsed = [indexer.candidates(s) for s in req["subjects"]]
     keys = list(dict.fromkeys(k for cands, _ in parsed for k in cands))
-    rows = _rows_by_subject(table, keys, _area_clause(table, caller, rule))
+    if "gateway.reads" in current_app.extensions:
+        # Only the columns the answer is made of (the Discloser's identity columns and fields).
+        columns = ["id", "subject_key", "id_type", "id_masked", "id_number", *fields]
+        if rule.ids != "sealed":
+            columns.remove("id_number")
+        rows = _rows_by_subject_pg(table, keys, columns, _area_prefixes(caller, rule))
+    else:
+        rows = _rows_by_subject(table, keys, _area_clause(table, caller, rule))
 
     results: list[dict[str, Any]] = []
     touched: set[str] = set()
