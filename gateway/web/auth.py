@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlsplit
 
-from flask import Flask, Response, current_app, g, request
+from flask import Flask, Request, Response, current_app, g, request
 from sqlalchemy.exc import SQLAlchemyError
 
 from .. import audit
@@ -316,57 +316,44 @@ def _safe_text(value: str | None, limit: int) -> str | None:
     return None if not text or audit.looks_like_id(text) else text
 
 
-def _refusal_facts(status: int, slug: str) -> dict[str, Any]:
-    """What a refusal entry says of this request, read now (cheap: nothing is checked yet)."""
-    caller: Caller | None = g.get("caller")
-    return {
-        "actor": caller.actor if caller else None,
-        "claimed_key": g.get("claimed_key", ""),
-        "method": request.method,
-        "path": request.path,
-        "status": status,
-        "slug": slug,
-        "dataset": (request.view_args or {}).get("dataset"),
-        "purpose": g.get("purpose"),
-        "fields": list(g.get("refused_fields", ())),
-    }
-
-
-def _refusal_from(facts: dict[str, Any]) -> audit.AuditEvent:
-    """The ``api.refused`` entry of a request: who, what, why; never the body."""
+def _refusal_of(req: Request, ctx: Any, status: int, slug: str) -> audit.AuditEvent:
+    """The ``api.refused`` entry of a request (its request and ``g`` objects): who, what, why;
+    never the body."""
     from ..schemas import DATASETS
 
-    actor = facts["actor"] or f"unauthenticated:{_safe_actor_name(facts['claimed_key'])}"
+    caller: Caller | None = ctx.get("caller")
+    claimed = ctx.get("claimed_key", "")
+    actor = caller.actor if caller else f"unauthenticated:{_safe_actor_name(claimed)}"
     detail = {
-        "method": facts["method"],
-        "path": _safe_text(facts["path"], 200) or "-",
-        "status": facts["status"],
-        "problem": facts["slug"],
+        "method": req.method,
+        "path": _safe_text(req.path, 200) or "-",
+        "status": status,
+        "problem": slug,
     }
-    if facts["actor"] is None and facts["claimed_key"]:
+    if caller is None and claimed:
         detail["reason"] = "caller not established"
-    dataset = facts["dataset"]
+    dataset = (req.view_args or {}).get("dataset")
     return audit.AuditEvent.create(
         actor=actor,
         action="api.refused",
         outcome="refused",
         dataset=dataset if dataset in DATASETS else None,
-        purpose=_safe_text(facts["purpose"], 100),
-        fields=[f for f in facts["fields"] if isinstance(f, str)][:50],
+        purpose=_safe_text(ctx.get("purpose"), 100),
+        fields=[f for f in ctx.get("refused_fields", ()) if isinstance(f, str)][:50],
         detail=detail,
     )
 
 
 def refusal_event(status: int, slug: str) -> audit.AuditEvent:
     """The ``api.refused`` entry of this request: who, what, why; never the body."""
-    return _refusal_from(_refusal_facts(status, slug))
+    return _refusal_of(request._get_current_object(), g._get_current_object(), status, slug)  # type: ignore[attr-defined]
 
 
 def _replay_events() -> Callable[[], list[audit.AuditEvent]]:
-    """This request's entry should its nonce turn out to be replayed: built only then, possibly
-    by another request's thread (so from facts read now)."""
-    facts = _refusal_facts(401, "replayed-nonce")
-    return lambda: [_refusal_from(facts)]
+    """This request's entry should its nonce turn out to be replayed: built only then, by whichever
+    thread writes the batch, while this request waits for it (so its objects are still whole)."""
+    req, ctx = request._get_current_object(), g._get_current_object()  # type: ignore[attr-defined]
+    return lambda: [_refusal_of(req, ctx, 401, "replayed-nonce")]
 
 
 def _audit_refusal(response: Response, committer: GroupCommitter) -> None:

@@ -11,11 +11,11 @@ A nonce that turns out to be recorded already (a replay, from this batch or from
 sharing the store) makes its request a refusal: its data entry is replaced by the refusal's entry
 in the same transaction, and the caller is told with ``Replayed``.
 
-On PostgreSQL the committer writes through its own connection (no pool checkout, no ping) with two
-fixed statements taking JSON documents (prepared once, whatever the batch size): BEGIN, nonces + chain head,
-entries + subjects + new head, COMMIT; the general path sent eight statements and a ping. A
-batch that needs a checkpoint, or the chain's first entry, takes the general path
-(``audit.append_many``).
+On PostgreSQL the committer writes a batch as one statement on its own connection (no pool
+checkout, no ping; see ``_BATCH_SQL``), optimistic on the chain head it wrote last: when another
+writer moved the head meanwhile, the statement writes only the new nonces and the batch is hashed
+again from the head it returned. The general path sent eight statements and a ping. A batch that
+needs a checkpoint, or the chain's first entry, takes the general path (``audit.append_many``).
 """
 
 from __future__ import annotations
@@ -150,10 +150,11 @@ class GroupCommitter:
     def _write(self, batch: list[_Item]) -> None:
         try:
             replayed = None
+            recorded: set[tuple[str, str]] = set()
             if self._pg is not None:
-                replayed = self._pg.write(batch)
+                replayed, recorded = self._pg.write(batch)
             if replayed is None:
-                replayed = self._write_session(batch)
+                replayed = self._write_session(batch, recorded)
         except BaseException as exc:
             for item in batch:
                 item.error = exc
@@ -166,12 +167,15 @@ class GroupCommitter:
             item.replayed = again
             item.done = True
 
-    def _write_session(self, batch: list[_Item]) -> list[bool]:
-        """Any store: the nonces and the entries through a Session (``audit.append_many``)."""
+    def _write_session(
+        self, batch: list[_Item], recorded: set[tuple[str, str]] = frozenset()
+    ) -> list[bool]:
+        """Any store: the nonces and the entries through a Session (``audit.append_many``).
+        ``recorded``: nonces of this batch already recorded by this committer (fresh ones)."""
         wanted, repeated = _wanted(batch)
         with self.site.begin() as session:
-            fresh = remember_nonces(session, wanted)
-            replayed, events = _outcome(batch, repeated, fresh)
+            fresh = remember_nonces(session, [n for n in wanted if n[:2] not in recorded])
+            replayed, events = _outcome(batch, repeated, fresh | recorded)
             if events:
                 audit.append_many(session, events, site=self.site)
         return replayed
@@ -209,45 +213,62 @@ _ENTRY_COLUMNS = (
     "prev_hash",
     "hash",
 )
-# Round trip 1 (after BEGIN): record the nonces, then lock and read the chain head. The head's
-# condition on n makes the nonces go first, as on the general path (a duplicate nonce waits for
-# its first holder's transaction before this one takes the head: no lock-order deadlock).
-_NONCES_AND_HEAD_SQL = (
-    "WITH n AS ("
-    + _json_insert(NONCES, ("key_id", "nonce", "expires_at"))
-    + " ON CONFLICT (key_id, nonce) DO NOTHING RETURNING key_id, nonce) "
-    "SELECT (SELECT array_agg(key_id) FROM n), (SELECT array_agg(nonce) FROM n), "
-    "h.seq, h.hash, h.ts, h.checkpoint_seq, h.checkpoint_ts FROM (SELECT 1) AS one "
-    f"LEFT JOIN LATERAL (SELECT * FROM {audit.HEAD.name} WHERE id = 1 "
-    "AND (SELECT count(*) FROM n) >= 0 FOR UPDATE) AS h ON true"
-)
-# Round trip 2: the entries, their subjects and the new head in one statement (one JSON document
-# {"e": entries, "s": subjects}).
 _ENTRIES_SQL = _json_insert(audit.ENTRIES, _ENTRY_COLUMNS, "(SELECT doc->'e' FROM d)")
 _SUBJECTS_SQL = _json_insert(
     audit.SUBJECTS, ("entry_seq", "subject_key"), "(SELECT doc->'s' FROM d)"
 )
-_LINKS_SQL = (
-    f"WITH d AS (SELECT %s::json AS doc), e AS ({_ENTRIES_SQL}), s AS ({_SUBJECTS_SQL}) "
-    f"UPDATE {audit.HEAD.name} SET seq = %s, hash = %s, ts = %s WHERE id = 1"
+_NONCES_SQL = _json_insert(NONCES, ("key_id", "nonce", "expires_at"))
+_HEAD = audit.HEAD.name
+# One statement, hence one implicit transaction, per batch: record the nonces; move the chain head
+# if it is still where the entries were hashed from and every nonce was new; write the entries and
+# their subjects only if the head moved. The head's condition reads n, so the nonces go in before
+# the head row is locked, as on the general path (no lock-order deadlock with a duplicate nonce).
+# Also returns which nonces were recorded and the head as of the statement's snapshot (a locking
+# read here could deadlock with the other writers' UPDATE).
+_BATCH_SQL = (
+    f"WITH n AS ({_NONCES_SQL} ON CONFLICT (key_id, nonce) DO NOTHING RETURNING key_id, nonce), "
+    f"h AS (UPDATE {_HEAD} SET seq = %s, hash = %s, ts = %s "
+    "WHERE id = 1 AND seq = %s AND hash = %s AND (SELECT count(*) FROM n) = %s RETURNING seq), "
+    "d AS (SELECT %s::json AS doc), "
+    f"e AS ({_ENTRIES_SQL} WHERE EXISTS (SELECT FROM h)), "
+    f"s AS ({_SUBJECTS_SQL} WHERE EXISTS (SELECT FROM h)) "
+    "SELECT (SELECT count(*) FROM h), (SELECT array_agg(key_id) FROM n), "
+    "(SELECT array_agg(nonce) FROM n), "
+    "cur.seq, cur.hash, cur.ts, cur.checkpoint_seq, cur.checkpoint_ts "
+    f"FROM (SELECT 1) AS one LEFT JOIN {_HEAD} AS cur ON cur.id = 1"
 )
+_READ_HEAD_SQL = f"SELECT seq, hash, ts, checkpoint_seq, checkpoint_ts FROM {_HEAD} WHERE id = 1"
+ATTEMPTS = 4  # then the general path, which waits for the head's lock instead
+
+
+def _head_of(row: Sequence[Any]) -> audit._Head | None:
+    if row[0] is None:
+        return None
+    return audit._Head(row[0], row[1], row[2], row[3] or 0, row[4])
 
 
 class _PgWriter:
-    """The committer's own connection and its two pipelined round trips per batch.
+    """The committer's own connection, and a batch in one statement (optimistic on the head).
 
-    Used by one thread at a time (the batch's leader). Any error drops the connection (the server
-    rolls back what it had); the next batch opens a new one. A connection that died while idle
-    (server restart) is found by the first round trip, which is then tried once more on a new one:
-    nothing had been written.
+    The chain head this process wrote last is kept: the batch's entries are hashed from it and
+    the statement moves the head only from there. When another writer (the other workers, a sync
+    run) moved it meanwhile, nothing but the new nonces is written; the statement returns the head
+    it saw, and the batch is hashed again from that. The nonces it recorded are this batch's (the
+    others were replays): they are not asked for again.
+
+    Used by one thread at a time (the batch's leader). Any error drops the connection; the next
+    batch opens a new one. A connection that died while idle (server restart) is found by the
+    first statement and replaced once: a failed statement wrote nothing.
     """
 
     def __init__(self, site: Site):
         self.site = site
         self._conn: Any = None
+        self._head: audit._Head | None = None
 
     def close(self) -> None:
         conn, self._conn = self._conn, None
+        self._head = None
         if conn is not None:
             with contextlib.suppress(Exception):  # already broken: nothing more to release
                 conn.close()
@@ -259,56 +280,71 @@ class _PgWriter:
         pooled = self.site.engine.raw_connection()
         conn = pooled.driver_connection  # the psycopg connection
         pooled.detach()  # ours for good: never handed back to the pool, never pinged
-        conn.autocommit = True  # BEGIN / COMMIT are sent in the pipelines
+        conn.autocommit = True  # each statement is its own transaction
         self._conn = conn
         return conn, False
 
-    def write(self, batch: list[_Item]) -> list[bool] | None:
-        """Commit the batch; its replay flags, or None when the general path must write it.
-
-        Four short statements (BEGIN, nonces + head, links, COMMIT), each prepared by psycopg after
-        a few uses: cheaper in CPU, here and in the server, than pipelining eight.
-        """
+    def _execute(self, sql: str, params: Sequence[Any]) -> Any:
         import psycopg
 
-        wanted, repeated = _wanted(batch)
-        params = (
-            json.dumps(
-                [{"key_id": k, "nonce": n, "expires_at": e.isoformat()} for k, n, e in wanted]
-            ),
-        )
         for attempt in (1, 2):
             conn, reused = self._connection()
             try:
-                conn.execute("BEGIN")
-                break
-            except psycopg.OperationalError as exc:
+                return conn.execute(sql, params).fetchone()
+            except psycopg.Error as exc:
                 lost = conn.broken
                 self.close()
                 if attempt == 1 and reused and lost:
-                    continue  # the idle connection was gone: nothing was written
+                    continue  # the idle connection was gone: the statement did not run
                 raise StoreError(f"audit commit: {str(exc).splitlines()[0]}") from exc
-        try:
-            row = conn.execute(_NONCES_AND_HEAD_SQL, params).fetchone()
-            fresh = set(zip(row[0] or (), row[1] or (), strict=True))
-            replayed, events = _outcome(batch, repeated, fresh)
-            if row[2] is None:  # the chain's first entry: the general path creates the head
-                conn.execute("ROLLBACK")
-                return None
-            head = audit._Head(row[2], row[3], row[4], row[5] or 0, row[6])
-            links = audit._links(head, events, self.site.suite) if events else None
-            if links is not None:
-                if audit._checkpoint_due(self.site, head, links.seq, links.now):
-                    conn.execute("ROLLBACK")  # signed and exported by the general path
-                    return None
-                entries = [{**r, "ts": r["ts"].isoformat()} for r in links.rows]
-                doc = json.dumps({"e": entries, "s": links.subjects}, ensure_ascii=False)
-                conn.execute(_LINKS_SQL, (doc, links.seq, links.hash, links.when))
-            conn.execute("COMMIT")
-        except psycopg.Error as exc:
-            self.close()  # the server rolls back what it had
-            raise StoreError(f"audit commit: {str(exc).splitlines()[0]}") from exc
-        except BaseException:
-            self.close()
-            raise
-        return replayed
+        raise AssertionError("unreachable")
+
+    def write(self, batch: list[_Item]) -> tuple[list[bool] | None, set[tuple[str, str]]]:
+        """Commit the batch: (its replay flags, the nonces recorded); flags None when the general
+        path must write it (a checkpoint is due, the chain has no head yet, or the head kept
+        moving), with the nonces already recorded."""
+        wanted, repeated = _wanted(batch)
+        recorded: set[tuple[str, str]] = set()
+        pending = wanted  # nonces not yet known to be new or replayed
+        for _ in range(ATTEMPTS):
+            head = self._head
+            if head is None:
+                head = self._head = _head_of(self._execute(_READ_HEAD_SQL, ()) or (None,))
+                if head is None:  # the chain's first entry: the general path creates the head
+                    return None, recorded
+            # Hashed as if every pending nonce were new; the statement writes nothing else if not.
+            assumed = recorded | {n[:2] for n in pending}
+            replayed, events = _outcome(batch, repeated, assumed)
+            links = audit._links(head, events, self.site.suite)
+            if not events:  # nonces only: the head stays as it is (its time too)
+                links.when = head.ts  # type: ignore[assignment]
+            elif audit._checkpoint_due(self.site, head, links.seq, links.now):
+                self._head = None  # the general path signs and moves it
+                return None, recorded
+            nonces = [{"key_id": k, "nonce": n, "expires_at": e.isoformat()} for k, n, e in pending]
+            entries = [{**r, "ts": r["ts"].isoformat()} for r in links.rows]
+            row = self._execute(
+                _BATCH_SQL,
+                (
+                    json.dumps(nonces),
+                    links.seq,
+                    links.hash,
+                    links.when,
+                    head.seq,
+                    head.hash,
+                    len(pending),
+                    json.dumps({"e": entries, "s": links.subjects}, ensure_ascii=False),
+                ),
+            )
+            recorded |= set(zip(row[1] or (), row[2] or (), strict=True))
+            pending = []
+            if row[0]:
+                self._head = audit._Head(
+                    links.seq, links.hash, links.when, head.checkpoint_seq, head.checkpoint_ts
+                )
+                return replayed, recorded
+            seen = _head_of(row[3:])
+            # Moved by another writer (or a replay was found). The snapshot still showing our
+            # head means the UPDATE waited for a writer that committed after it: read it anew.
+            self._head = None if seen is None or seen.seq == head.seq else seen
+        return None, recorded
