@@ -264,6 +264,7 @@ class _PgWriter:
     def __init__(self, site: Site):
         self.site = site
         self._conn: Any = None
+        self._cur: Any = None
         self._head: audit._Head | None = None
 
     def close(self) -> None:
@@ -273,26 +274,28 @@ class _PgWriter:
             with contextlib.suppress(Exception):  # already broken: nothing more to release
                 conn.close()
 
-    def _connection(self) -> tuple[Any, bool]:
+    def _cursor(self) -> tuple[Any, bool]:
         if self._conn is not None and not self._conn.closed:
-            return self._conn, True
+            return self._cur, True
         self.close()
         pooled = self.site.engine.raw_connection()
         conn = pooled.driver_connection  # the psycopg connection
         pooled.detach()  # ours for good: never handed back to the pool, never pinged
         conn.autocommit = True  # each statement is its own transaction
         self._conn = conn
-        return conn, False
+        self._cur = conn.cursor()  # kept: a new cursor sets up its result loaders afresh
+        return self._cur, False
 
     def _execute(self, sql: str, params: Sequence[Any]) -> Any:
         import psycopg
 
         for attempt in (1, 2):
-            conn, reused = self._connection()
+            cur, reused = self._cursor()
             try:
-                return conn.execute(sql, params).fetchone()
+                cur.execute(sql, params)
+                return cur.fetchone()
             except psycopg.Error as exc:
-                lost = conn.broken
+                lost = cur.connection.broken
                 self.close()
                 if attempt == 1 and reused and lost:
                     continue  # the idle connection was gone: the statement did not run

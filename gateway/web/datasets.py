@@ -194,7 +194,8 @@ def _rows_by_subject_pg(
     wanted = tuple(c for c in dict.fromkeys(columns) if c in table.c)
     sql = lookup_sql(table, wanted, len(prefixes))
     out: dict[str, list[Mapping[str, Any]]] = {}
-    for row in reads.fetch(sql, [list(keys), *(f"{p}%" for p in prefixes)]):
+    for values in reads.fetch(sql, [list(keys), *(f"{p}%" for p in prefixes)]):
+        row = dict(zip(wanted, values, strict=True))
         out.setdefault(row["subject_key"], []).append(row)
     return out
 

@@ -3,7 +3,7 @@
 A single lookup is one indexed SELECT. Through SQLAlchemy it also cost a pool checkout with a ping
 (one more round trip) and the statement's compilation and result wrapping, several times the
 query's own cost. Here the statement text is built once per (dataset, columns, areas), psycopg
-prepares it after a few uses on each connection, and rows come back as plain dicts.
+prepares it after a few uses on each connection, and rows come back as plain tuples.
 
 Connections are kept in a small stack per process (the most recently used first, so a quiet
 gateway keeps touching the same few). A connection that died while idle (server restart) is found
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
@@ -48,7 +48,8 @@ class ReadConnections:
         conn = pooled.driver_connection  # the psycopg connection
         pooled.detach()  # ours: never pinged, never reset by the pool
         conn.autocommit = True
-        return conn
+        # One cursor per connection, kept: a new cursor sets up its result loaders afresh.
+        return conn.cursor()
 
     def _take(self) -> tuple[Any, bool]:
         with self._lock:
@@ -56,41 +57,40 @@ class ReadConnections:
                 return self._idle.pop(), True
         return self._open(), False
 
-    def _give_back(self, conn: Any) -> None:
+    def _give_back(self, cur: Any) -> None:
         with self._lock:
             if len(self._idle) < self.keep:
-                self._idle.append(conn)
+                self._idle.append(cur)
                 return
-        conn.close()
+        cur.connection.close()
 
-    def fetch(self, sql: str, params: Sequence[Any]) -> list[Mapping[str, Any]]:
+    def fetch(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        """The rows (tuples, in the statement's column order)."""
         import psycopg
-        from psycopg.rows import dict_row
 
         for attempt in (1, 2):
-            conn, reused = self._take()
+            cur, reused = self._take()
             try:
-                with conn.cursor(row_factory=dict_row) as cur:
-                    cur.execute(sql, params)
-                    rows = cur.fetchall()
+                cur.execute(sql, params)
+                rows = cur.fetchall()
             except psycopg.OperationalError:
-                lost = conn.broken
+                lost = cur.connection.broken
                 with contextlib.suppress(Exception):
-                    conn.close()
+                    cur.connection.close()
                 if attempt == 1 and reused and lost:
                     continue
                 raise
             except BaseException:
                 with contextlib.suppress(Exception):
-                    conn.close()
+                    cur.connection.close()
                 raise
-            self._give_back(conn)
+            self._give_back(cur)
             return rows
         raise AssertionError("unreachable")
 
     def close(self) -> None:
         with self._lock:
             idle, self._idle = self._idle, []
-        for conn in idle:
+        for cur in idle:
             with contextlib.suppress(Exception):
-                conn.close()
+                cur.connection.close()
