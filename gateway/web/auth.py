@@ -215,7 +215,7 @@ def commit_answer() -> None:
     events = g.pop("answer_events", [])
     nonce = None if g.get("nonce_recorded") else g.get("nonce")
     try:
-        committer.commit(nonce, events, _replay_events())
+        committer.commit(nonce, events, _replay_events(), was_working=_arriving())
     except Replayed:
         g.replayed = True
         raise Problem("replayed-nonce", "this nonce was already used within the window") from None
@@ -349,6 +349,11 @@ def refusal_event(status: int, slug: str) -> audit.AuditEvent:
     return _refusal_of(request._get_current_object(), g._get_current_object(), status, slug)  # type: ignore[attr-defined]
 
 
+def _arriving() -> bool:
+    """Whether this request was counted as working by the committer (once: now it arrives)."""
+    return bool(g.pop("committer_counted", False))
+
+
 def _replay_events() -> Callable[[], list[audit.AuditEvent]]:
     """This request's entry should its nonce turn out to be replayed: built only then, by whichever
     thread writes the batch, while this request waits for it (so its objects are still whole)."""
@@ -364,7 +369,7 @@ def _audit_refusal(response: Response, committer: GroupCommitter) -> None:
     nonce = None if g.get("nonce_recorded") else g.get("nonce")
     # A known nonce changes nothing here: refused anyway, and the same entry is written.
     with contextlib.suppress(Replayed):
-        committer.commit(nonce, [event], [event])
+        committer.commit(nonce, [event], [event], was_working=_arriving())
 
 
 _last_purge = [0.0]
@@ -400,6 +405,9 @@ def init_app(app: Flask) -> None:
     @app.before_request
     def _authenticate() -> None:
         if is_api_request():
+            # Counted until it commits: a batch's leader waits a little for such requests.
+            committer.working(+1)
+            g.committer_counted = True
             authenticate(limiter)
 
     @app.after_request
@@ -440,3 +448,5 @@ def init_app(app: Flask) -> None:
         db = g.pop("db", None)
         if db is not None:
             db.close()
+        if g.pop("committer_counted", False):  # ended without reaching the committer
+            committer.working(-1)

@@ -25,6 +25,7 @@ import datetime as dt
 import json
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -43,6 +44,9 @@ Nonce = tuple[str, str, dt.datetime]  # key id, nonce, expiry (naive UTC)
 # them (called only then, by whichever thread writes the batch: it must not need the request).
 OnReplay = Sequence[audit.AuditEvent] | Callable[[], Sequence[audit.AuditEvent]]
 MAX_BATCH = 500  # requests per transaction
+# How long a batch's leader waits for requests of its process still being handled (only while
+# there are some): a few hundred µs of latency for fewer transactions and WAL flushes.
+GATHER_S = 0.001
 
 
 class Replayed(Exception):
@@ -98,33 +102,58 @@ def _outcome(
 class GroupCommitter:
     site: Site
     max_batch: int = MAX_BATCH
-    _cond: threading.Condition = field(default_factory=threading.Condition)
+    gather_s: float = GATHER_S
+    _lock: threading.Lock = field(default_factory=threading.Lock)
     _pending: list[_Item] = field(default_factory=list)
     _leading: bool = False
+    _working: int = 0  # requests being handled that have not come to commit yet
     _pg: _PgWriter | None = None
     batches: int = 0  # transactions written (for the benchmark)
     items: int = 0
 
     def __post_init__(self) -> None:
+        self._cond = threading.Condition(self._lock)  # a batch was written
+        self._arrived = threading.Condition(self._lock)  # an item joined the pending ones
         if self.site.engine.dialect.name == "postgresql":
             self._pg = _PgWriter(self.site)
+
+    def working(self, change: int) -> None:
+        """A request that will commit started (+1), or ended without committing (-1)."""
+        with self._lock:
+            self._working += change
 
     def commit(
         self,
         nonce: Nonce | None,
         events: Sequence[audit.AuditEvent],
         on_replay: OnReplay = (),
+        *,
+        was_working: bool = False,
     ) -> None:
         """Return once the nonce and the events are committed; ``Replayed`` if the nonce was used
-        before (``on_replay`` was committed instead of ``events``); the store's error if it failed."""
+        before (``on_replay`` was committed instead of ``events``); the store's error if it failed.
+        ``was_working``: this request was counted by ``working(+1)`` and arrives now."""
         item = _Item(nonce, events, on_replay)
-        with self._cond:
+        with self._lock:
+            if was_working:
+                self._working -= 1
             self._pending.append(item)
+            self._arrived.notify()
             while not item.done and self._leading:
                 self._cond.wait()
             if not item.done:
-                # Lead: this request's item and whatever else is waiting, up to max_batch.
+                # Lead: this request's item and whatever else is waiting, up to max_batch; while
+                # other requests of this process are about to commit, wait a little for them (one
+                # transaction and one WAL flush for all). A quiet gateway waits for nothing.
                 self._leading = True
+                deadline = None
+                while self._working > 0 and len(self._pending) < self.max_batch:
+                    now = time.monotonic()
+                    if deadline is None:
+                        deadline = now + self.gather_s
+                    elif now >= deadline:
+                        break
+                    self._arrived.wait(deadline - now)
                 self._pending.remove(item)
                 take = self.max_batch - 1
                 batch = [item, *self._pending[:take]]
@@ -135,7 +164,7 @@ class GroupCommitter:
             except BaseException:  # noqa: BLE001 - every item of the batch carries the error
                 pass
             finally:
-                with self._cond:
+                with self._lock:
                     self._leading = False
                     self._cond.notify_all()
         if item.error is not None:
@@ -219,14 +248,18 @@ _SUBJECTS_SQL = _json_insert(
 )
 _NONCES_SQL = _json_insert(NONCES, ("key_id", "nonce", "expires_at"))
 _HEAD = audit.HEAD.name
-# One statement, hence one implicit transaction, per batch: record the nonces; move the chain head
-# if it is still where the entries were hashed from and every nonce was new; write the entries and
-# their subjects only if the head moved. The head's condition reads n, so the nonces go in before
-# the head row is locked, as on the general path (no lock-order deadlock with a duplicate nonce).
-# Also returns which nonces were recorded and the head as of the statement's snapshot (a locking
-# read here could deadlock with the other writers' UPDATE).
+# One statement, hence one implicit transaction, per batch: record the nonces, if the head (as of
+# the statement's snapshot) is still where the entries were hashed from; move the head only from
+# there, and only if every nonce was new; write the entries and their subjects only if the head
+# moved. A head visibly moved by another writer costs a read-only statement (no insert, no WAL
+# flush). The head's condition reads n, so the nonces go in before the head row is locked, as on
+# the general path (no lock-order deadlock with a duplicate nonce in flight). Returns whether the
+# head moved, which nonces were recorded and the head of the snapshot (a locking read here could
+# deadlock with the other writers' UPDATE).
 _BATCH_SQL = (
-    f"WITH n AS ({_NONCES_SQL} ON CONFLICT (key_id, nonce) DO NOTHING RETURNING key_id, nonce), "
+    f"WITH cur AS (SELECT seq, hash, ts, checkpoint_seq, checkpoint_ts FROM {_HEAD} WHERE id = 1), "
+    f"n AS ({_NONCES_SQL} WHERE EXISTS (SELECT FROM cur WHERE seq = %s AND hash = %s) "
+    "ON CONFLICT (key_id, nonce) DO NOTHING RETURNING key_id, nonce), "
     f"h AS (UPDATE {_HEAD} SET seq = %s, hash = %s, ts = %s "
     "WHERE id = 1 AND seq = %s AND hash = %s AND (SELECT count(*) FROM n) = %s RETURNING seq), "
     "d AS (SELECT %s::json AS doc), "
@@ -235,7 +268,7 @@ _BATCH_SQL = (
     "SELECT (SELECT count(*) FROM h), (SELECT array_agg(key_id) FROM n), "
     "(SELECT array_agg(nonce) FROM n), "
     "cur.seq, cur.hash, cur.ts, cur.checkpoint_seq, cur.checkpoint_ts "
-    f"FROM (SELECT 1) AS one LEFT JOIN {_HEAD} AS cur ON cur.id = 1"
+    "FROM (SELECT 1) AS one LEFT JOIN cur ON true"
 )
 _READ_HEAD_SQL = f"SELECT seq, hash, ts, checkpoint_seq, checkpoint_ts FROM {_HEAD} WHERE id = 1"
 ATTEMPTS = 4  # then the general path, which waits for the head's lock instead
@@ -330,6 +363,8 @@ class _PgWriter:
                 _BATCH_SQL,
                 (
                     json.dumps(nonces),
+                    head.seq,
+                    head.hash,
                     links.seq,
                     links.hash,
                     links.when,
@@ -339,14 +374,16 @@ class _PgWriter:
                     json.dumps({"e": entries, "s": links.subjects}, ensure_ascii=False),
                 ),
             )
-            recorded |= set(zip(row[1] or (), row[2] or (), strict=True))
-            pending = []
+            seen = _head_of(row[3:])
+            if seen is not None and (seen.seq, seen.hash) == (head.seq, head.hash):
+                # The nonces went in: those not returned were recorded before (replays).
+                recorded |= set(zip(row[1] or (), row[2] or (), strict=True))
+                pending = []
             if row[0]:
                 self._head = audit._Head(
                     links.seq, links.hash, links.when, head.checkpoint_seq, head.checkpoint_ts
                 )
                 return replayed, recorded
-            seen = _head_of(row[3:])
             # Moved by another writer (or a replay was found). The snapshot still showing our
             # head means the UPDATE waited for a writer that committed after it: read it anew.
             self._head = None if seen is None or seen.seq == head.seq else seen
