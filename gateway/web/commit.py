@@ -3,19 +3,25 @@
 Every answer waits until its audit entry (and its request's nonce) is committed. The audit log is
 one hash chain, so appends are serialised by the chain head's row lock, held until the commit's
 WAL flush: one request per transaction would cap a whole province at one fsync per request. Here
-the requests of a process that finish while another commit is in flight are committed together,
-in one transaction and one flush, by whichever request thread gets there first (leader/follower:
-no extra thread, no added wait when the gateway is quiet, bigger batches as load grows).
+the requests of a process that come to commit while another commit is in flight are committed
+together, in one transaction and one flush, by whichever request thread gets there first
+(leader/follower: no extra thread). The leader also waits up to ``GATHER_S`` for the requests of
+its process still being handled (``working``), and only while there are some: a quiet gateway
+adds no wait, a busy one writes bigger batches.
 
 A nonce that turns out to be recorded already (a replay, from this batch or from any process
 sharing the store) makes its request a refusal: its data entry is replaced by the refusal's entry
-in the same transaction, and the caller is told with ``Replayed``.
+and the caller is told with ``Replayed``.
 
 On PostgreSQL the committer writes a batch as one statement on its own connection (no pool
-checkout, no ping; see ``_BATCH_SQL``), optimistic on the chain head it wrote last: when another
-writer moved the head meanwhile, the statement writes only the new nonces and the batch is hashed
-again from the head it returned. The general path sent eight statements and a ping. A batch that
-needs a checkpoint, or the chain's first entry, takes the general path (``audit.append_many``).
+checkout, no ping; see ``_BATCH_SQL``), optimistic on the chain head it wrote last. When another
+writer moved the head meanwhile, the statement sees it in its snapshot and writes nothing, or (if
+that writer committed while the statement waited for the head's row lock) writes only the batch's
+new nonces; the batch is then hashed again from the head returned (or read anew) and written by
+the next statement, its nonces already known. Either way every entry and nonce is committed
+before any answer of the batch is sent. The general path sent eight statements and a ping. A
+batch that needs a checkpoint, or the chain's first entry, takes the general path
+(``audit.append_many``), which waits for the head's lock.
 """
 
 from __future__ import annotations
