@@ -13,7 +13,8 @@ The nonce and the request's audit entries (``record_answer``) are committed toge
 ``after_request``, before the response leaves, by the group committer (gateway/web/commit.py): a
 data response is never sent without its audit entry, and a replay found at that point is answered
 401 with the data withheld. Handlers with side effects (a push, a job run) call ``commit_nonce()``
-before acting, so a replayed request never acts twice. Reads go through ``request_connection()``.
+before acting, so a replayed request never acts twice. Reads go through ``request_connection()``
+(a lookup's one SELECT, on PostgreSQL, through gateway/web/reads.py).
 
 Every response of 400 or more under ``/api/v1`` is audited as ``api.refused`` with its reason
 (method, path, status, problem type; never the body, never an ID number): the actor is the calling
