@@ -113,6 +113,7 @@ class GroupCommitter:
     _pending: list[_Item] = field(default_factory=list)
     _leading: bool = False
     _working: int = 0  # requests being handled that have not come to commit yet
+    _gathering: bool = False  # the leader waits for them
     _pg: _PgWriter | None = None
     batches: int = 0  # transactions written (for the benchmark)
     items: int = 0
@@ -144,7 +145,8 @@ class GroupCommitter:
             if was_working:
                 self._working -= 1
             self._pending.append(item)
-            self._arrived.notify()
+            if self._gathering:
+                self._arrived.notify()
             while not item.done and self._leading:
                 self._cond.wait()
             if not item.done:
@@ -159,7 +161,9 @@ class GroupCommitter:
                         deadline = now + self.gather_s
                     elif now >= deadline:
                         break
+                    self._gathering = True
                     self._arrived.wait(deadline - now)
+                    self._gathering = False
                 self._pending.remove(item)
                 take = self.max_batch - 1
                 batch = [item, *self._pending[:take]]
