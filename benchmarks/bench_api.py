@@ -2,14 +2,20 @@
 
     .venv/bin/python benchmarks/bench_api.py [--seconds 15] [--procs 2] [--threads 4]
         [--workers 2] [--worker-threads 4] [--records 20000] [--batch-runs 3]
+        [--loadgen auto|wrk|python]
 
 Sets up a throwaway PostgreSQL database ($GATEWAY_TEST_PG_URL's server) with ``--records``
 poverty records (pushed through the sync engine), starts ``gunicorn -w 2 -k gthread
 "gateway.web:create_app()"`` on 127.0.0.1 and then:
 
-* single lookups: ``--procs`` processes x ``--threads`` threads, each with its own keep-alive
-  connection, send ``POST /api/v1/datasets/poverty/lookup`` with one ID number each, every request
-  freshly signed (new nonce, HMAC-SHA256) for ``--seconds``. Every request is refused or answered
+* single lookups: ``--procs`` x ``--threads`` keep-alive connections send
+  ``POST /api/v1/datasets/poverty/lookup`` with one ID number each, every request signed with its
+  own nonce (HMAC-SHA256), for ``--seconds``. The load generator is Debian's ``wrk`` (C; ``apt-get
+  install wrk``) when it is installed: ``--procs`` threads replaying requests signed just before
+  the run (unique nonces, well inside the 300 s window; a Lua script hands each connection the
+  next unused one). Without wrk (or with ``--loadgen python``) ``--procs`` Python processes x
+  ``--threads`` threads sign each request as they send it. The output says which one ran; wrk
+  costs the shared cores about a quarter of the Python generator's CPU per request. Every request is refused or answered
   only after its nonce and its audit entry are committed (synchronous_commit on): the figures
   include that durable write. Prints requests/s, p50 and p99 latency, and checks afterwards that the
   audit log holds one ``api.lookup`` entry per answered request.
@@ -27,6 +33,7 @@ import json
 import multiprocessing
 import os
 import secrets
+import shutil
 import signal
 import socket
 import statistics
@@ -266,6 +273,136 @@ def load(
     return latencies, errors, elapsed
 
 
+# wrk: each thread takes every n-th pre-signed request (its own nonces) and never reuses one.
+WRK_SCRIPT = r"""
+local counter = 0
+function setup(thread)
+  thread:set("tid", counter)
+  counter = counter + 1
+end
+function init(args)
+  local nthreads, interval = tonumber(args[2]), tonumber(args[3])
+  pause = interval
+  reqs = {}
+  local i = 0
+  for line in io.lines(args[1]) do
+    if i % nthreads == tid then
+      local ts, nonce, sig, body = line:match("([^\t]*)\t([^\t]*)\t([^\t]*)\t(.*)")
+      reqs[#reqs + 1] = wrk.format("POST", args[4], {
+        ["X-Gateway-Key"] = args[5], ["X-Gateway-Timestamp"] = ts,
+        ["X-Gateway-Nonce"] = nonce, ["X-Gateway-Signature"] = sig,
+        ["Content-Type"] = "application/json"}, body)
+    end
+    i = i + 1
+  end
+  pos = 0
+end
+function request()
+  pos = pos + 1
+  if pos > #reqs then
+    exhausted = true
+    wrk.thread:stop()
+    pos = #reqs
+  end
+  return reqs[pos]
+end
+function done(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format("RESULT %d %d %d %d %d %d\n", summary.requests, summary.duration,
+    e.connect + e.read + e.write + e.timeout, e.status,
+    latency:percentile(50), latency:percentile(99)))
+end
+"""
+
+
+def prepare_wrk(
+    port: int,
+    secret: bytes,
+    numbers: list[str],
+    seconds: float,
+    threads: int,
+    connections: int,
+    folder: Path,
+    rate: float = 0.0,
+) -> list[str]:
+    """Sign the requests of a wrk run now (before its clock starts); returns the command. With
+    ``rate``, each connection pauses connections/rate between requests (about that rate)."""
+    import random
+
+    rng = random.Random(len(numbers) + int(seconds) + int(rate))
+    # Enough for 8,000 requests/s (wrk stops a thread that runs out; it never replays a nonce).
+    count = int(8000 * seconds) + 1000
+    requests = folder / f"requests-{int(rate)}.tsv"
+    with requests.open("w", encoding="utf-8") as out:
+        for _ in range(count):
+            body = json.dumps(
+                {"purpose": "dropout-control", "subjects": [{"id_number": rng.choice(numbers)}]}
+            )
+            h = signed_headers(secret, "POST", LOOKUP, body.encode())
+            out.write(
+                f"{h['X-Gateway-Timestamp']}\t{h['X-Gateway-Nonce']}\t"
+                f"{h['X-Gateway-Signature']}\t{body}\n"
+            )
+    pause_ms = int(connections / rate * 1000) if rate else 0
+    script = folder / f"lookup-{pause_ms}.lua"
+    # wrk schedules through a timer whenever the script has delay(): only for a paced run.
+    paced = "\nfunction delay()\n  return pause\nend\n" if pause_ms else ""
+    script.write_text(WRK_SCRIPT + paced, encoding="utf-8")
+    return [
+        shutil.which("wrk") or "wrk",
+        f"-t{threads}",
+        f"-c{connections}",
+        f"-d{max(1, round(seconds))}s",
+        "--timeout",
+        "30s",
+        "-s",
+        str(script),
+        f"http://127.0.0.1:{port}",
+        "--",
+        str(requests),
+        str(threads),
+        str(pause_ms),
+        LOOKUP,
+        KEY_ID,
+    ]
+
+
+def run_wrk(cmd: list[str]) -> tuple[int, int, float, float, float]:
+    """(answered, errors, seconds, p50 ms, p99 ms) of a prepared wrk run."""
+    done = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    line = next((x for x in done.stdout.splitlines() if x.startswith("RESULT ")), None)
+    if line is None:
+        raise SystemExit(f"wrk printed no result: {done.stdout[-500:]} {done.stderr[-500:]}")
+    total, duration_us, socket_errors, status_errors, p50_us, p99_us = map(int, line.split()[1:])
+    return (
+        total - status_errors,
+        socket_errors + status_errors,
+        duration_us / 1e6,
+        p50_us / 1000,
+        p99_us / 1000,
+    )
+
+
+def _pg_cpu_seconds(admin: sa.Engine, database: str) -> float:
+    """utime + stime of the PostgreSQL processes serving ``database`` and of the server's own
+    background processes (WAL writer, checkpointer, ...): read from /proc, same machine."""
+    with admin.connect() as conn:
+        pids = conn.exec_driver_sql(
+            "SELECT pid FROM pg_stat_activity WHERE (datname = %(db)s "
+            "OR backend_type <> 'client backend') AND pid <> pg_backend_pid()",
+            {"db": database},
+        ).scalars()
+        return sum(_own_cpu_seconds(pid) for pid in pids)
+
+
+def _own_cpu_seconds(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
 def batch(port: int, secret: bytes, numbers: list[str], runs: int) -> list[float]:
     body = json.dumps(
         {"purpose": "dropout-control", "subjects": [{"id_number": n} for n in numbers[:10_000]]}
@@ -330,7 +467,16 @@ def main() -> None:
     parser.add_argument("--worker-threads", type=int, default=4, help="threads per worker")
     parser.add_argument("--records", type=int, default=20_000)
     parser.add_argument("--batch-runs", type=int, default=3)
+    parser.add_argument(
+        "--loadgen",
+        choices=("auto", "wrk", "python"),
+        default="auto",
+        help="auto: wrk when installed (apt-get install wrk), else the Python generator",
+    )
     args = parser.parse_args()
+    use_wrk = args.loadgen == "wrk" or (args.loadgen == "auto" and shutil.which("wrk"))
+    if use_wrk and not shutil.which("wrk"):
+        raise SystemExit("--loadgen wrk: wrk is not installed (Debian: apt-get install wrk)")
 
     print_machine()
     name = "gwbench_" + uuid.uuid4().hex[:10]
@@ -349,59 +495,91 @@ def main() -> None:
             )
             port = free_port()
             proc = start_gunicorn(config, port, args.workers, args.worker_threads)
+            connections = args.procs * args.threads
+            generator = (
+                f"wrk, {args.procs} threads x {connections // args.procs} keep-alive connections "
+                "replaying requests signed just before the run"
+                if use_wrk
+                else f"Python, {args.procs} processes x {args.threads} threads, each with its "
+                "keep-alive connection, signing as they send"
+            )
             print(
                 f"server: gunicorn -w {args.workers} -k gthread --threads {args.worker_threads}, "
                 f"PostgreSQL store (synchronous_commit={commit_mode}); load generator: "
-                f"{args.procs} processes x {args.threads} keep-alive connections, same machine "
+                f"{generator}; same machine "
                 f"({os.cpu_count()} cores shared by server, database and load generator)"
             )
-            load(port, secret, numbers, 2, args.procs, args.threads)  # warm-up
+
+            def prepared(seconds: float, rate: float = 0.0):
+                """A zero-argument run of the chosen generator (wrk's requests signed now):
+                it returns (answered, errors, seconds, p50 ms, p99 ms)."""
+                if use_wrk:
+                    cmd = prepare_wrk(
+                        port, secret, numbers, seconds, args.procs, connections, Path(tmp), rate
+                    )
+                    return lambda: run_wrk(cmd)
+
+                def python_run() -> tuple[int, int, float, float, float]:
+                    lat, errs, took = load(
+                        port, secret, numbers, seconds, args.procs, args.threads, rate=rate
+                    )
+                    return len(lat), errs, took, pct(lat, 0.50), pct(lat, 0.99)
+
+                return python_run
+
+            prepared(2)()  # warm-up
+            time.sleep(0.5)  # requests still in flight when the warm-up stopped its clock
             from gateway.site import Site
 
             site = Site.from_config(config)
             before = audit.count(site, action="api.lookup")
             import resource
 
+            run = prepared(args.seconds)
             server_cpu = _cpu_seconds(proc.pid)
+            pg_cpu = _pg_cpu_seconds(admin, name)
             client_cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
             busy0, total0 = _machine_busy()
-            latencies, errors, elapsed = load(
-                port, secret, numbers, args.seconds, args.procs, args.threads
-            )
+            answered, errors, elapsed, p50, p99 = run()
             busy1, total1 = _machine_busy()
             server_cpu = _cpu_seconds(proc.pid) - server_cpu
+            pg_cpu = _pg_cpu_seconds(admin, name) - pg_cpu
             usage = resource.getrusage(resource.RUSAGE_CHILDREN)
             client_cpu = (usage.ru_utime + usage.ru_stime) - (
                 client_cpu.ru_utime + client_cpu.ru_stime
             )
+            time.sleep(0.5)
             after = audit.count(site, action="api.lookup")
-            rps = len(latencies) / elapsed
-            p50, p99 = pct(latencies, 0.50), pct(latencies, 0.99)
+            rps = answered / elapsed
             print(
-                f"single lookups: {len(latencies):,} answered in {elapsed:.1f} s = {rps:,.0f} req/s "
+                f"single lookups ({'wrk' if use_wrk else 'Python load generator'}): "
+                f"{answered:,} answered in {elapsed:.1f} s = {rps:,.0f} req/s "
                 f"(target >= {TARGET_RPS:,}); p50 {p50:.1f} ms, p99 {p99:.1f} ms "
                 f"(target <= {TARGET_P99_MS:.0f} ms); errors {errors}"
             )
-            print(
-                f"audited durably: {after - before:,} api.lookup entries for {len(latencies):,} "
-                "answers (each committed before its answer was sent)"
+            in_flight = (
+                f"; wrk stops its clock with up to {connections} requests in flight, answered "
+                "and audited after it"
+                if use_wrk
+                else ""
             )
-            n = max(1, len(latencies))
+            print(
+                f"audited durably: {after - before:,} api.lookup entries for {answered:,} "
+                f"answers counted (each committed before its answer was sent{in_flight})"
+            )
+            n = max(1, answered)
             cores = (busy1 - busy0) / max(1e-9, elapsed)
             print(
                 f"CPU during the run: machine {cores:.2f} of {os.cpu_count()} cores busy "
                 f"({(busy1 - busy0) / max(1e-9, total1 - total0):.0%}, other users included); "
-                f"gunicorn workers {server_cpu / n * 1000:.2f} ms per request, load generator "
-                f"{client_cpu / n * 1000:.2f} ms per request (PostgreSQL: the rest)"
+                f"per request: gunicorn workers {server_cpu / n * 1000:.2f} ms, PostgreSQL "
+                f"{pg_cpu / n * 1000:.2f} ms, load generator {client_cpu / n * 1000:.2f} ms"
             )
             # Latency when the server is not saturated: paced at half the throughput just measured.
-            paced, paced_errors, paced_s = load(
-                port, secret, numbers, args.seconds, args.procs, args.threads, rate=rps / 2
-            )
+            paced, paced_errors, paced_s, paced_p50, paced_p99 = prepared(args.seconds, rps / 2)()
             print(
-                f"paced at {rps / 2:,.0f} req/s: {len(paced) / paced_s:,.0f} req/s answered; "
-                f"p50 {pct(paced, 0.50):.1f} ms, p99 {pct(paced, 0.99):.1f} ms; "
-                f"errors {paced_errors}"
+                f"paced at about {rps / 2:,.0f} req/s: {paced / paced_s:,.0f} req/s answered; "
+                f"p50 {paced_p50:.1f} ms, p99 {paced_p99:.1f} ms; errors {paced_errors}"
             )
             times = batch(port, secret, numbers, args.batch_runs)
             print(

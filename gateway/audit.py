@@ -486,12 +486,19 @@ def transaction(site: Site) -> Iterator[Session]:
         yield session
 
 
-def _append(
-    session: Session, events: Sequence[AuditEvent], suite: Suite, site: Site | None
-) -> list[int]:
-    if not events:
-        return []
-    head = _lock_head(session)
+@dataclass
+class _Links:
+    """Rows that extend the chain from a locked head (built before anything is written)."""
+
+    rows: list[dict[str, Any]]
+    subjects: list[dict[str, Any]]
+    seq: int  # the new head
+    hash: str
+    when: dt.datetime  # the entries' ts
+    now: dt.datetime  # the clock when they were built (checkpoint timing)
+
+
+def _links(head: _Head, events: Sequence[AuditEvent], suite: Suite) -> _Links:
     now = _utcnow()
     when = max(now, head.ts) if head.ts is not None else now  # the log's time never goes back
     ts = format_ts(when)
@@ -521,18 +528,28 @@ def _append(
         )
         subjects.extend({"entry_seq": seq, "subject_key": key} for key in ev.subject_keys)
         prev = digest
+    return _Links(rows, subjects, seq, prev, when, now)
+
+
+def _append(
+    session: Session, events: Sequence[AuditEvent], suite: Suite, site: Site | None
+) -> list[int]:
+    if not events:
+        return []
+    head = _lock_head(session)
+    links = _links(head, events, suite)
     # Core statements on the session's connection: the ORM adds nothing here but overhead.
     conn = session.connection()
-    conn.execute(_INSERT_ENTRIES, rows)
-    if subjects:
-        conn.execute(_INSERT_SUBJECTS, subjects)
-    values: dict[str, Any] = {"seq": seq, "hash": prev, "ts": when}
-    if site is not None and _checkpoint_due(site, head, seq, now):
-        cp = _sign_checkpoint(session, site, seq, prev, now)
+    conn.execute(_INSERT_ENTRIES, links.rows)
+    if links.subjects:
+        conn.execute(_INSERT_SUBJECTS, links.subjects)
+    values: dict[str, Any] = {"seq": links.seq, "hash": links.hash, "ts": links.when}
+    if site is not None and _checkpoint_due(site, head, links.seq, links.now):
+        cp = _sign_checkpoint(session, site, links.seq, links.hash, links.now)
         if cp is not None:
-            values.update(checkpoint_seq=seq, checkpoint_ts=now)
+            values.update(checkpoint_seq=links.seq, checkpoint_ts=links.now)
     conn.execute(_SET_HEAD, values)
-    return [r["seq"] for r in rows]
+    return [r["seq"] for r in links.rows]
 
 
 def _resolve(target: Any, suite: Suite | None, site: Site | None) -> tuple[Suite, Site | None]:

@@ -112,3 +112,40 @@ def test_expired_nonces_are_purged_and_live_ones_kept(site) -> None:
         # would be refused as expired before the nonce is looked at).
         assert not remember_nonce(session, "edu-1", "live-nonce-1", now)
         assert remember_nonce(session, "edu-1", "old-nonce-01", now)
+
+
+def test_two_committers_sharing_the_store_keep_one_chain_and_catch_replays(site) -> None:
+    """Two gunicorn workers in miniature: each committer keeps its own view of the chain head (on
+    PostgreSQL), so each moves the head under the other's feet; a nonce both try is one replay."""
+    first, second = GroupCommitter(site), GroupCommitter(site)
+
+    def work(i: int) -> None:
+        committer = first if i % 2 else second
+        committer.commit(("edu-1", f"two-{i:04d}", EXPIRES), [event(i)])
+
+    assert run_concurrently(30, work) == [None] * 30
+    results = run_concurrently(
+        4,
+        lambda i: (first if i % 2 else second).commit(
+            ("edu-1", "shared-nonce-1", EXPIRES), [event(100 + i)], [event(200 + i, "api.refused")]
+        ),
+    )
+    assert sum(r is None for r in results) == 1
+    assert all(isinstance(r, Replayed) for r in results if r is not None)
+    # One more from each after the other moved the head: both find where it is now.
+    first.commit(("edu-1", "after-1", EXPIRES), [event(300)])
+    second.commit(("edu-1", "after-2", EXPIRES), [event(301)])
+    assert audit.count(site, action="api.lookup") == 33
+    assert audit.count(site, action="api.refused") == 3
+    report = verify_store(site)
+    assert report.entries == 36 and not report.problems
+
+
+def test_a_batch_due_for_a_checkpoint_is_signed(make_site) -> None:
+    site = make_site({"audit": {"checkpoint_every": 5}})
+    committer = GroupCommitter(site)
+    for i in range(12):
+        committer.commit(("edu-1", f"cp-{i:04d}", EXPIRES), [event(i)])
+    report = verify_store(site)
+    assert report.entries == 12 and not report.problems
+    assert report.checkpoints >= 2

@@ -13,7 +13,8 @@ The nonce and the request's audit entries (``record_answer``) are committed toge
 ``after_request``, before the response leaves, by the group committer (gateway/web/commit.py): a
 data response is never sent without its audit entry, and a replay found at that point is answered
 401 with the data withheld. Handlers with side effects (a push, a job run) call ``commit_nonce()``
-before acting, so a replayed request never acts twice. Reads go through ``request_connection()``.
+before acting, so a replayed request never acts twice. Reads go through ``request_connection()``
+(a lookup's one SELECT, on PostgreSQL, through gateway/web/reads.py).
 
 Every response of 400 or more under ``/api/v1`` is audited as ``api.refused`` with its reason
 (method, path, status, problem type; never the body, never an ID number): the actor is the calling
@@ -37,7 +38,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlsplit
 
-from flask import Flask, Response, current_app, g, request
+from flask import Flask, Request, Response, current_app, g, request
 from sqlalchemy.exc import SQLAlchemyError
 
 from .. import audit
@@ -51,7 +52,7 @@ from .context import current_site
 from .problems import Problem, problem_slug
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
     from sqlalchemy import Connection
 
@@ -215,7 +216,7 @@ def commit_answer() -> None:
     events = g.pop("answer_events", [])
     nonce = None if g.get("nonce_recorded") else g.get("nonce")
     try:
-        committer.commit(nonce, events, [_replay_event()])
+        committer.commit(nonce, events, _replay_events(), was_working=_arriving())
     except Replayed:
         g.replayed = True
         raise Problem("replayed-nonce", "this nonce was already used within the window") from None
@@ -316,37 +317,49 @@ def _safe_text(value: str | None, limit: int) -> str | None:
     return None if not text or audit.looks_like_id(text) else text
 
 
-def refusal_event(status: int, slug: str) -> audit.AuditEvent:
-    """The ``api.refused`` entry of this request: who, what, why; never the body."""
-    caller: Caller | None = g.get("caller")
-    actor = (
-        caller.actor if caller else f"unauthenticated:{_safe_actor_name(g.get('claimed_key', ''))}"
-    )
+def _refusal_of(req: Request, ctx: Any, status: int, slug: str) -> audit.AuditEvent:
+    """The ``api.refused`` entry of a request (its request and ``g`` objects): who, what, why;
+    never the body."""
+    from ..schemas import DATASETS
+
+    caller: Caller | None = ctx.get("caller")
+    claimed = ctx.get("claimed_key", "")
+    actor = caller.actor if caller else f"unauthenticated:{_safe_actor_name(claimed)}"
     detail = {
-        "method": request.method,
-        "path": _safe_text(request.path, 200) or "-",
+        "method": req.method,
+        "path": _safe_text(req.path, 200) or "-",
         "status": status,
         "problem": slug,
     }
-    if caller is None and g.get("claimed_key"):
+    if caller is None and claimed:
         detail["reason"] = "caller not established"
-    view_args = request.view_args or {}
-    dataset = view_args.get("dataset")
-    from ..schemas import DATASETS
-
+    dataset = (req.view_args or {}).get("dataset")
     return audit.AuditEvent.create(
         actor=actor,
         action="api.refused",
         outcome="refused",
         dataset=dataset if dataset in DATASETS else None,
-        purpose=_safe_text(g.get("purpose"), 100),
-        fields=[f for f in g.get("refused_fields", ()) if isinstance(f, str)][:50],
+        purpose=_safe_text(ctx.get("purpose"), 100),
+        fields=[f for f in ctx.get("refused_fields", ()) if isinstance(f, str)][:50],
         detail=detail,
     )
 
 
-def _replay_event() -> audit.AuditEvent:
-    return refusal_event(401, "replayed-nonce")
+def refusal_event(status: int, slug: str) -> audit.AuditEvent:
+    """The ``api.refused`` entry of this request: who, what, why; never the body."""
+    return _refusal_of(request._get_current_object(), g._get_current_object(), status, slug)  # type: ignore[attr-defined]
+
+
+def _arriving() -> bool:
+    """Whether this request was counted as working by the committer (once: now it arrives)."""
+    return bool(g.pop("committer_counted", False))
+
+
+def _replay_events() -> Callable[[], list[audit.AuditEvent]]:
+    """This request's entry should its nonce turn out to be replayed: built only then, by whichever
+    thread writes the batch, while this request waits for it (so its objects are still whole)."""
+    req, ctx = request._get_current_object(), g._get_current_object()  # type: ignore[attr-defined]
+    return lambda: [_refusal_of(req, ctx, 401, "replayed-nonce")]
 
 
 def _audit_refusal(response: Response, committer: GroupCommitter) -> None:
@@ -357,7 +370,7 @@ def _audit_refusal(response: Response, committer: GroupCommitter) -> None:
     nonce = None if g.get("nonce_recorded") else g.get("nonce")
     # A known nonce changes nothing here: refused anyway, and the same entry is written.
     with contextlib.suppress(Replayed):
-        committer.commit(nonce, [event], [event])
+        committer.commit(nonce, [event], [event], was_working=_arriving())
 
 
 _last_purge = [0.0]
@@ -393,6 +406,9 @@ def init_app(app: Flask) -> None:
     @app.before_request
     def _authenticate() -> None:
         if is_api_request():
+            # Counted until it commits: a batch's leader waits a little for such requests.
+            committer.working(+1)
+            g.committer_counted = True
             authenticate(limiter)
 
     @app.after_request
@@ -433,3 +449,5 @@ def init_app(app: Flask) -> None:
         db = g.pop("db", None)
         if db is not None:
             db.close()
+        if g.pop("committer_counted", False):  # ended without reaching the committer
+            committer.working(-1)

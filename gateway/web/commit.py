@@ -3,31 +3,56 @@
 Every answer waits until its audit entry (and its request's nonce) is committed. The audit log is
 one hash chain, so appends are serialised by the chain head's row lock, held until the commit's
 WAL flush: one request per transaction would cap a whole province at one fsync per request. Here
-the requests of a process that finish while another commit is in flight are committed together,
-in one transaction and one flush, by whichever request thread gets there first (leader/follower:
-no extra thread, no added wait when the gateway is quiet, bigger batches as load grows).
+the requests of a process that come to commit while another commit is in flight are committed
+together, in one transaction and one flush, by whichever request thread gets there first
+(leader/follower: no extra thread). The leader also waits up to ``GATHER_S`` for the requests of
+its process still being handled (``working``), and only while there are some: a quiet gateway
+adds no wait, a busy one writes bigger batches.
 
 A nonce that turns out to be recorded already (a replay, from this batch or from any process
 sharing the store) makes its request a refusal: its data entry is replaced by the refusal's entry
-in the same transaction, and the caller is told with ``Replayed``.
+and the caller is told with ``Replayed``.
+
+On PostgreSQL the committer writes a batch as one statement on its own connection (no pool
+checkout, no ping; see ``_BATCH_SQL``), optimistic on the chain head it wrote last. When another
+writer moved the head meanwhile, the statement sees it in its snapshot and writes nothing, or (if
+that writer committed while the statement waited for the head's row lock) writes only the batch's
+new nonces; the batch is then hashed again from the head returned (or read anew) and written by
+the next statement, its nonces already known. Either way every entry and nonce is committed
+before any answer of the batch is sent. The general path sent eight statements and a ping. A
+batch that needs a checkpoint, or the chain's first entry, takes the general path
+(``audit.append_many``), which waits for the head's lock.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import json
+import logging
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .. import audit
-from ..store.api import remember_nonces
+from ..errors import StoreError
+from ..store.api import NONCES, remember_nonces
 
 if TYPE_CHECKING:
     from ..site import Site
 
+log = logging.getLogger("gateway.web.commit")
+
 Nonce = tuple[str, str, dt.datetime]  # key id, nonce, expiry (naive UTC)
+# What to write instead when the nonce turns out to be replayed: the entries, or a function making
+# them (called only then, by whichever thread writes the batch: it must not need the request).
+OnReplay = Sequence[audit.AuditEvent] | Callable[[], Sequence[audit.AuditEvent]]
 MAX_BATCH = 500  # requests per transaction
+# How long a batch's leader waits for requests of its process still being handled (only while
+# there are some): a few hundred µs of latency for fewer transactions and WAL flushes.
+GATHER_S = 0.001
 
 
 class Replayed(Exception):
@@ -38,38 +63,107 @@ class Replayed(Exception):
 class _Item:
     nonce: Nonce | None
     events: Sequence[audit.AuditEvent]
-    on_replay: Sequence[audit.AuditEvent]
+    on_replay: OnReplay
     done: bool = False
     replayed: bool = False
     error: BaseException | None = None
+
+    def replay_events(self) -> Sequence[audit.AuditEvent]:
+        return self.on_replay() if callable(self.on_replay) else self.on_replay
+
+
+def _wanted(batch: Sequence[_Item]) -> tuple[list[Nonce], set[int]]:
+    """The distinct nonces to record, and the positions whose nonce repeats one before it in the
+    batch (replays whatever the store says)."""
+    seen: set[tuple[str, str]] = set()
+    wanted: list[Nonce] = []
+    repeated: set[int] = set()
+    for i, item in enumerate(batch):
+        if item.nonce is None:
+            continue
+        key = item.nonce[:2]
+        if key in seen:
+            repeated.add(i)
+        else:
+            seen.add(key)
+            wanted.append(item.nonce)
+    return wanted, repeated
+
+
+def _outcome(
+    batch: Sequence[_Item], repeated: set[int], fresh: set[tuple[str, str]]
+) -> tuple[list[bool], list[audit.AuditEvent]]:
+    """Which items are replays, and the entries the batch writes."""
+    replayed = [
+        i in repeated or (item.nonce is not None and item.nonce[:2] not in fresh)
+        for i, item in enumerate(batch)
+    ]
+    events: list[audit.AuditEvent] = []
+    for item, again in zip(batch, replayed, strict=True):
+        events.extend(item.replay_events() if again else item.events)
+    return replayed, events
 
 
 @dataclass
 class GroupCommitter:
     site: Site
     max_batch: int = MAX_BATCH
-    _cond: threading.Condition = field(default_factory=threading.Condition)
+    gather_s: float = GATHER_S
+    _lock: threading.Lock = field(default_factory=threading.Lock)
     _pending: list[_Item] = field(default_factory=list)
     _leading: bool = False
+    _working: int = 0  # requests being handled that have not come to commit yet
+    _gathering: bool = False  # the leader waits for them
+    _pg: _PgWriter | None = None
     batches: int = 0  # transactions written (for the benchmark)
     items: int = 0
+
+    def __post_init__(self) -> None:
+        self._cond = threading.Condition(self._lock)  # a batch was written
+        self._arrived = threading.Condition(self._lock)  # an item joined the pending ones
+        if self.site.engine.dialect.name == "postgresql":
+            self._pg = _PgWriter(self.site)
+
+    def working(self, change: int) -> None:
+        """A request that will commit started (+1), or ended without committing (-1)."""
+        with self._lock:
+            self._working += change
 
     def commit(
         self,
         nonce: Nonce | None,
         events: Sequence[audit.AuditEvent],
-        on_replay: Sequence[audit.AuditEvent] = (),
+        on_replay: OnReplay = (),
+        *,
+        was_working: bool = False,
     ) -> None:
         """Return once the nonce and the events are committed; ``Replayed`` if the nonce was used
-        before (``on_replay`` was committed instead of ``events``); the store's error if it failed."""
+        before (``on_replay`` was committed instead of ``events``); the store's error if it failed.
+        ``was_working``: this request was counted by ``working(+1)`` and arrives now."""
         item = _Item(nonce, events, on_replay)
-        with self._cond:
+        with self._lock:
+            if was_working:
+                self._working -= 1
             self._pending.append(item)
+            if self._gathering:
+                self._arrived.notify()
             while not item.done and self._leading:
                 self._cond.wait()
             if not item.done:
-                # Lead: this request's item and whatever else is waiting, up to max_batch.
+                # Lead: this request's item and whatever else is waiting, up to max_batch; while
+                # other requests of this process are about to commit, wait a little for them (one
+                # transaction and one WAL flush for all). A quiet gateway waits for nothing.
                 self._leading = True
+                deadline = None
+                while self._working > 0 and len(self._pending) < self.max_batch:
+                    now = time.monotonic()
+                    if deadline is None:
+                        deadline = now + self.gather_s
+                    elif now >= deadline:
+                        break
+                    self._gathering = True
+                    self._arrived.wait(deadline - now)
+                    self._gathering = False
                 self._pending.remove(item)
                 take = self.max_batch - 1
                 batch = [item, *self._pending[:take]]
@@ -80,7 +174,7 @@ class GroupCommitter:
             except BaseException:  # noqa: BLE001 - every item of the batch carries the error
                 pass
             finally:
-                with self._cond:
+                with self._lock:
                     self._leading = False
                     self._cond.notify_all()
         if item.error is not None:
@@ -88,28 +182,18 @@ class GroupCommitter:
         if item.replayed:
             raise Replayed()
 
+    def close(self) -> None:
+        if self._pg is not None:
+            self._pg.close()
+
     def _write(self, batch: list[_Item]) -> None:
         try:
-            with self.site.begin() as session:
-                seen: set[tuple[str, str]] = set()
-                wanted: list[Nonce] = []
-                for item in batch:
-                    if item.nonce is None:
-                        continue
-                    key = item.nonce[:2]
-                    if key in seen:  # the same nonce twice in one batch: the second is a replay
-                        item.replayed = True
-                    else:
-                        seen.add(key)
-                        wanted.append(item.nonce)
-                fresh = remember_nonces(session, wanted)
-                events: list[audit.AuditEvent] = []
-                for item in batch:
-                    if item.nonce is not None and item.nonce[:2] not in fresh:
-                        item.replayed = True
-                    events.extend(item.on_replay if item.replayed else item.events)
-                if events:
-                    audit.append_many(session, events, site=self.site)
+            replayed = None
+            recorded: set[tuple[str, str]] = set()
+            if self._pg is not None:
+                replayed, recorded = self._pg.write(batch)
+            if replayed is None:
+                replayed = self._write_session(batch, recorded)
         except BaseException as exc:
             for item in batch:
                 item.error = exc
@@ -118,5 +202,199 @@ class GroupCommitter:
         finally:
             self.batches += 1
             self.items += len(batch)
-        for item in batch:
+        for item, again in zip(batch, replayed, strict=True):
+            item.replayed = again
             item.done = True
+
+    def _write_session(
+        self, batch: list[_Item], recorded: set[tuple[str, str]] = frozenset()
+    ) -> list[bool]:
+        """Any store: the nonces and the entries through a Session (``audit.append_many``).
+        ``recorded``: nonces of this batch already recorded by this committer (fresh ones)."""
+        wanted, repeated = _wanted(batch)
+        with self.site.begin() as session:
+            fresh = remember_nonces(session, [n for n in wanted if n[:2] not in recorded])
+            replayed, events = _outcome(batch, repeated, fresh | recorded)
+            if events:
+                audit.append_many(session, events, site=self.site)
+        return replayed
+
+
+# -- PostgreSQL ---------------------------------------------------------------------------------
+
+
+def _json_insert(table: Any, columns: Sequence[str], source: str = "%s::json") -> str:
+    """``INSERT .. SELECT .. FROM json_to_recordset(..)``: one statement text for any row count,
+    and one text parameter (json.dumps is C; psycopg's array adaptation is Python, per element)."""
+    from sqlalchemy.dialects import postgresql
+
+    dialect = postgresql.dialect()
+    names = ", ".join(columns)
+    types = ", ".join(f"{c} {table.c[c].type.compile(dialect=dialect)}" for c in columns)
+    return (
+        f"INSERT INTO {table.name} ({names}) SELECT {names} "
+        f"FROM json_to_recordset({source}) AS x({types})"
+    )
+
+
+_ENTRY_COLUMNS = (
+    "seq",
+    "ts",
+    "actor",
+    "action",
+    "outcome",
+    "dataset",
+    "purpose",
+    "fields",
+    "subject_count",
+    "detail",
+    "alg",
+    "prev_hash",
+    "hash",
+)
+_ENTRIES_SQL = _json_insert(audit.ENTRIES, _ENTRY_COLUMNS, "(SELECT doc->'e' FROM d)")
+_SUBJECTS_SQL = _json_insert(
+    audit.SUBJECTS, ("entry_seq", "subject_key"), "(SELECT doc->'s' FROM d)"
+)
+_NONCES_SQL = _json_insert(NONCES, ("key_id", "nonce", "expires_at"))
+_HEAD = audit.HEAD.name
+# One statement, hence one implicit transaction, per batch: record the nonces, if the head (as of
+# the statement's snapshot) is still where the entries were hashed from; move the head only from
+# there, and only if every nonce was new; write the entries and their subjects only if the head
+# moved. A head visibly moved by another writer costs a read-only statement (no insert, no WAL
+# flush). The head's condition reads n, so the nonces go in before the head row is locked, as on
+# the general path (no lock-order deadlock with a duplicate nonce in flight). Returns whether the
+# head moved, which nonces were recorded and the head of the snapshot (a locking read here could
+# deadlock with the other writers' UPDATE).
+_BATCH_SQL = (
+    f"WITH cur AS (SELECT seq, hash, ts, checkpoint_seq, checkpoint_ts FROM {_HEAD} WHERE id = 1), "
+    f"n AS ({_NONCES_SQL} WHERE EXISTS (SELECT FROM cur WHERE seq = %s AND hash = %s) "
+    "ON CONFLICT (key_id, nonce) DO NOTHING RETURNING key_id, nonce), "
+    f"h AS (UPDATE {_HEAD} SET seq = %s, hash = %s, ts = %s "
+    "WHERE id = 1 AND seq = %s AND hash = %s AND (SELECT count(*) FROM n) = %s RETURNING seq), "
+    "d AS (SELECT %s::json AS doc), "
+    f"e AS ({_ENTRIES_SQL} WHERE EXISTS (SELECT FROM h)), "
+    f"s AS ({_SUBJECTS_SQL} WHERE EXISTS (SELECT FROM h)) "
+    "SELECT (SELECT count(*) FROM h), (SELECT array_agg(key_id) FROM n), "
+    "(SELECT array_agg(nonce) FROM n), "
+    "cur.seq, cur.hash, cur.ts, cur.checkpoint_seq, cur.checkpoint_ts "
+    "FROM (SELECT 1) AS one LEFT JOIN cur ON true"
+)
+_READ_HEAD_SQL = f"SELECT seq, hash, ts, checkpoint_seq, checkpoint_ts FROM {_HEAD} WHERE id = 1"
+ATTEMPTS = 4  # then the general path, which waits for the head's lock instead
+
+
+def _head_of(row: Sequence[Any]) -> audit._Head | None:
+    if row[0] is None:
+        return None
+    return audit._Head(row[0], row[1], row[2], row[3] or 0, row[4])
+
+
+class _PgWriter:
+    """The committer's own connection, and a batch in one statement (optimistic on the head).
+
+    The chain head this process wrote last is kept: the batch's entries are hashed from it and
+    the statement moves the head only from there. When another writer (the other workers, a sync
+    run) moved it meanwhile, nothing but the new nonces is written; the statement returns the head
+    it saw, and the batch is hashed again from that. The nonces it recorded are this batch's (the
+    others were replays): they are not asked for again.
+
+    Used by one thread at a time (the batch's leader). Any error drops the connection; the next
+    batch opens a new one. A connection that died while idle (server restart) is found by the
+    first statement and replaced once: a failed statement wrote nothing.
+    """
+
+    def __init__(self, site: Site):
+        self.site = site
+        self._conn: Any = None
+        self._cur: Any = None
+        self._head: audit._Head | None = None
+
+    def close(self) -> None:
+        conn, self._conn = self._conn, None
+        self._head = None
+        if conn is not None:
+            with contextlib.suppress(Exception):  # already broken: nothing more to release
+                conn.close()
+
+    def _cursor(self) -> tuple[Any, bool]:
+        if self._conn is not None and not self._conn.closed:
+            return self._cur, True
+        self.close()
+        pooled = self.site.engine.raw_connection()
+        conn = pooled.driver_connection  # the psycopg connection
+        pooled.detach()  # ours for good: never handed back to the pool, never pinged
+        conn.autocommit = True  # each statement is its own transaction
+        self._conn = conn
+        self._cur = conn.cursor()  # kept: a new cursor sets up its result loaders afresh
+        return self._cur, False
+
+    def _execute(self, sql: str, params: Sequence[Any]) -> Any:
+        import psycopg
+
+        for attempt in (1, 2):
+            cur, reused = self._cursor()
+            try:
+                cur.execute(sql, params)
+                return cur.fetchone()
+            except psycopg.Error as exc:
+                lost = cur.connection.broken
+                self.close()
+                if attempt == 1 and reused and lost:
+                    continue  # the idle connection was gone: the statement did not run
+                raise StoreError(f"audit commit: {str(exc).splitlines()[0]}") from exc
+        raise AssertionError("unreachable")
+
+    def write(self, batch: list[_Item]) -> tuple[list[bool] | None, set[tuple[str, str]]]:
+        """Commit the batch: (its replay flags, the nonces recorded); flags None when the general
+        path must write it (a checkpoint is due, the chain has no head yet, or the head kept
+        moving), with the nonces already recorded."""
+        wanted, repeated = _wanted(batch)
+        recorded: set[tuple[str, str]] = set()
+        pending = wanted  # nonces not yet known to be new or replayed
+        for _ in range(ATTEMPTS):
+            head = self._head
+            if head is None:
+                head = self._head = _head_of(self._execute(_READ_HEAD_SQL, ()) or (None,))
+                if head is None:  # the chain's first entry: the general path creates the head
+                    return None, recorded
+            # Hashed as if every pending nonce were new; the statement writes nothing else if not.
+            assumed = recorded | {n[:2] for n in pending}
+            replayed, events = _outcome(batch, repeated, assumed)
+            links = audit._links(head, events, self.site.suite)
+            if not events:  # nonces only: the head stays as it is (its time too)
+                links.when = head.ts  # type: ignore[assignment]
+            elif audit._checkpoint_due(self.site, head, links.seq, links.now):
+                self._head = None  # the general path signs and moves it
+                return None, recorded
+            nonces = [{"key_id": k, "nonce": n, "expires_at": e.isoformat()} for k, n, e in pending]
+            entries = [{**r, "ts": r["ts"].isoformat()} for r in links.rows]
+            row = self._execute(
+                _BATCH_SQL,
+                (
+                    json.dumps(nonces),
+                    head.seq,
+                    head.hash,
+                    links.seq,
+                    links.hash,
+                    links.when,
+                    head.seq,
+                    head.hash,
+                    len(pending),
+                    json.dumps({"e": entries, "s": links.subjects}, ensure_ascii=False),
+                ),
+            )
+            seen = _head_of(row[3:])
+            if seen is not None and (seen.seq, seen.hash) == (head.seq, head.hash):
+                # The nonces went in: those not returned were recorded before (replays).
+                recorded |= set(zip(row[1] or (), row[2] or (), strict=True))
+                pending = []
+            if row[0]:
+                self._head = audit._Head(
+                    links.seq, links.hash, links.when, head.checkpoint_seq, head.checkpoint_ts
+                )
+                return replayed, recorded
+            # Moved by another writer (or a replay was found). The snapshot still showing our
+            # head means the UPDATE waited for a writer that committed after it: read it anew.
+            self._head = None if seen is None or seen.seq == head.seq else seen
+        return None, recorded

@@ -96,12 +96,25 @@ def init_app(app: Flask) -> None:
     def _start() -> None:
         g._started = time.perf_counter()
 
+    # The labelled children, looked up once each (labels() builds and locks on every call).
+    counters: dict[tuple[str, str, int], Any] = {}
+    timers: dict[str, Any] = {}
+
     @app.after_request
     def _count(response: Response) -> Response:
-        endpoint = request.url_rule.rule if request.url_rule else "unmatched"
-        requests_total.labels(request.method, endpoint, str(response.status_code)).inc()
-        if hasattr(g, "_started"):
-            latency.labels(endpoint).observe(time.perf_counter() - g._started)
+        rule = request.url_rule
+        endpoint = rule.rule if rule else "unmatched"
+        key = (request.method, endpoint, response.status_code)
+        counter = counters.get(key)
+        if counter is None:
+            counter = counters[key] = requests_total.labels(key[0], endpoint, str(key[2]))
+        counter.inc()
+        started = g.get("_started")
+        if started is not None:
+            timer = timers.get(endpoint)
+            if timer is None:
+                timer = timers[endpoint] = latency.labels(endpoint)
+            timer.observe(time.perf_counter() - started)
         return response
 
     @app.get("/metrics")
