@@ -58,7 +58,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from . import audit
-from .connectors import Batch, Row
+from .connectors import Batch, LazyRows, Row
 from .errors import ConfigError, GatewayError, SourceError, TransientSourceError
 from .protect import KeyProblem, RecordProtector, RowFingerprints
 from .store.jobs import (
@@ -89,6 +89,7 @@ BACKOFF_BASE_S = 0.5
 BACKOFF_CAP_S = 30.0
 REMOVAL_SCAN_CHUNK = 20_000
 ANALYZE_MIN_ROWS = 10_000  # PostgreSQL: rows inserted before the table's statistics are refreshed
+WINDOW_BACKOFF = 8  # batches looked up without a window after one the window served badly
 
 
 class SyncFailed(GatewayError):
@@ -349,18 +350,31 @@ class SeenIds:
     def batch_of(self, row_id: int) -> int:
         return self._batch[row_id] if row_id < len(self._batch) else 0
 
-    def mark(self, row_ids: Sequence[int], batch_no: int) -> None:
-        if not row_ids:
-            return
-        top = max(row_ids)
+    def _cover(self, top: int) -> None:
         if top >= len(self._batch):
             grow = max(top + 1, len(self._batch) * 2) - len(self._batch)
             self._batch.frombytes(bytes(4 * grow))
+
+    def any_seen(self, row_ids: Sequence[int]) -> bool:
+        """Whether any of ``row_ids`` was seen (one pass in C, no Python per id)."""
+        if not row_ids or not self.count:
+            return False
+        self._cover(max(row_ids))
+        return any(map(self._batch.__getitem__, row_ids))
+
+    def mark(self, row_ids: Sequence[int], batch_no: int) -> None:
+        if not row_ids:
+            return
+        ids = set(row_ids)
+        low, top = min(ids), max(ids)
+        self._cover(top)
         b = self._batch
-        for rid in row_ids:
-            if not b[rid]:
-                self.count += 1
-            b[rid] = batch_no
+        self.count += len(ids) - sum(map(bool, map(b.__getitem__, ids)))
+        if top - low + 1 == len(ids):  # consecutive ids (a snapshot read in store order)
+            b[low : top + 1] = array("I", [batch_no]) * len(ids)
+        else:
+            for rid in ids:
+                b[rid] = batch_no
 
     @staticmethod
     def pack(row_ids: Sequence[int]) -> bytes:
@@ -429,6 +443,15 @@ def _quiet_gc(young: int = 10_000) -> Iterator[None]:
                 gc.unfreeze()
 
 
+def _rows_at(rows: Sequence[Row], indexes: Sequence[int]) -> Sequence[Row]:
+    """The rows at ``indexes`` (ascending); LazyRows build them together."""
+    if isinstance(indexes, range) and len(indexes) == len(rows):
+        return rows
+    if isinstance(rows, LazyRows):
+        return rows.take(indexes)
+    return [rows[i] for i in indexes]
+
+
 def backoff_delay(attempt: int, base: float = BACKOFF_BASE_S, cap: float = BACKOFF_CAP_S) -> float:
     """Exponential backoff with jitter: between half and all of ``base * 2**(attempt-1)``."""
     delay = min(cap, base * 2 ** (attempt - 1))
@@ -464,6 +487,10 @@ class JobRunner:
         # Set when the run starts (a replay and a --full run map every row).
         self.fingerprinter: RowFingerprints | None = None
         self._match_fingerprints = True
+        # Fingerprint look-ups: the stored row id the next window of stored rows starts after,
+        # and how many batches still look up without a window.
+        self._window_after = 0
+        self._window_skip = 0
         # PostgreSQL planner statistics: the rows they count, the rows inserted since.
         self._stats_rows: int | None = None
         self._grown = 0
@@ -711,34 +738,41 @@ class JobRunner:
         keep: list[str] = []  # record keys of quarantined rows: their stored row is still there
         # Stored rows this batch matched so far: row id -> (index in the batch, row). The first
         # row of the input wins; a later one with the same stored row is a duplicate.
-        claimed: dict[int, tuple[int, Row]] = {}
+        claimed: dict[int, int] = {}
         seen_ids: list[int] = []
         unchanged = 0
-        fingerprints = self._fingerprints(rows)
+        fingerprints = self._fingerprints(batch)
         hits = self._by_fingerprint(fingerprints)
-        for i, row in enumerate(rows):
+        todo: Sequence[int] = range(len(rows))
+        if hits:
+            # The very native rows stored records were made from: unchanged, unless a row is a
+            # duplicate of one read before in this run. Decided for all of them at once; the
+            # rows themselves are not even built (batch.rows may be LazyRows).
+            found = list(map(hits.get, fingerprints))
+            todo = [i for i, h in enumerate(found) if h is None]
+            if todo:
+                hit_at = [i for i, h in enumerate(found) if h is not None]
+                found = [found[i] for i in hit_at]
+            else:
+                hit_at = range(len(rows))
+            ids = [h[0] for h in found]
+            if (
+                len(set(ids)) == len(ids)
+                and run_ids.isdisjoint([h[1] for h in found])
+                and not self.seen.any_seen(ids)
+            ):
+                seen_ids = ids
+                unchanged = len(ids)
+                if todo:
+                    claimed = dict(zip(ids, hit_at, strict=True))
+            else:
+                unchanged = self._hit_duplicates(rows, hit_at, found, claimed, seen_ids, quarantine)
+        for i, row in zip(todo, _rows_at(rows, todo), strict=True):
             if row.problems:
                 fld, code, _ = row.problems[0]
                 quarantine.append(_Q(row, "read", fld, code, "; ".join(p[2] for p in row.problems)))
                 continue
             fp = fingerprints[i]
-            hit = hits.get(fp) if hits and fp is not None else None
-            if hit is not None:
-                # The very native row a stored record was made from: unchanged, unless the row is
-                # a duplicate of one read before in this run.
-                row_id, last_run = hit
-                first = claimed.get(row_id)
-                if first is not None:
-                    quarantine.append(self._duplicate_of(row, first[1]))
-                    continue
-                earlier = seen_batch_of(row_id)
-                if earlier or last_run in run_ids:
-                    quarantine.append(self._duplicate(row, earlier or self._inserted_by(row_id)))
-                    continue
-                claimed[row_id] = (i, row)
-                seen_ids.append(row_id)
-                unchanged += 1
-                continue
             record, errors = map_row(row.data)
             stage = "map"
             if not errors:
@@ -798,11 +832,11 @@ class JobRunner:
             first = claimed.get(row_id)
             if first is not None:
                 # Matched by its fingerprint by another row of this batch.
-                if first[0] < i:
-                    quarantine.append(self._duplicate_of(row, first[1]))
+                if first < i:
+                    quarantine.append(self._duplicate_of(row, rows[first]))
                     continue
                 # That row comes later in the input: this one wins, that one is the duplicate.
-                quarantine.append(self._duplicate_of(first[1], row))
+                quarantine.append(self._duplicate_of(rows[first], row))
                 unchanged -= 1
             else:
                 earlier = seen_batch_of(row_id)
@@ -812,7 +846,7 @@ class JobRunner:
                     quarantine.append(self._duplicate(row, earlier or self._inserted_by(row_id)))
                     continue
                 seen_ids.append(row_id)
-            claimed[row_id] = (i, row)
+            claimed[row_id] = i
             if removed or stored_hash != content_hash:
                 updates.append((row_id, record_key, record, subject_key, content_hash, fp))
             else:
@@ -940,6 +974,34 @@ class JobRunner:
         self.cursor = batch.cursor if batch.cursor is not None else self.cursor
         s.delivered += delivered
         self._count(batch, len(inserts), len(updates), unchanged, len(quarantine), 0)
+
+    def _hit_duplicates(
+        self,
+        rows: Sequence[Row],
+        hit_at: Sequence[int],
+        found: list[tuple[int, int | None]],
+        claimed: dict[int, int],
+        seen_ids: list[int],
+        quarantine: list[_Q],
+    ) -> int:
+        """Fingerprint hits of a batch where some row is a duplicate, one by one in input order:
+        the first row of the input with a stored row wins; the others go to quarantine. Returns
+        the number of unchanged rows."""
+        run_ids = self.run_ids
+        unchanged = 0
+        for i, (row_id, last_run) in zip(hit_at, found, strict=True):
+            first = claimed.get(row_id)
+            if first is not None:
+                quarantine.append(self._duplicate_of(rows[i], rows[first]))
+                continue
+            earlier = self.seen.batch_of(row_id)
+            if earlier or last_run in run_ids:
+                quarantine.append(self._duplicate(rows[i], earlier or self._inserted_by(row_id)))
+                continue
+            claimed[row_id] = i
+            seen_ids.append(row_id)
+            unchanged += 1
+        return unchanged
 
     def _count(self, batch: Batch, ins: int, upd: int, unch: int, quar: int, removed: int) -> None:
         s = self.summary
@@ -1135,20 +1197,57 @@ class JobRunner:
         with self._reading() as conn:
             return self.store.by_record_key(conn, self.job.source, keys)
 
-    def _fingerprints(self, rows: Sequence[Row]) -> list[bytes | None]:
+    def _fingerprints(self, batch: Batch) -> list[bytes | None]:
         """The rows' fingerprints (None for rows read with problems), or all None when this run
-        maps every row (a replay, a --full run)."""
+        maps every row (a replay, a --full run). Of the rows' source bytes when the connector
+        gives them (``Batch.raw``): no row is built for it."""
+        rows = batch.rows
         if self.fingerprinter is None:
             return [None] * len(rows)
+        raw = batch.raw
+        if raw is not None and len(raw.records) == len(rows):
+            # A row read with problems never has its fingerprint stored (it is quarantined), and
+            # equal bytes in the same form read with the same problems: it can never match.
+            return self.fingerprinter.many_raw(raw)
         return self.fingerprinter.many([None if r.problems else r.data for r in rows])
 
     def _by_fingerprint(self, fingerprints: Sequence[bytes | None]) -> dict[bytes, Any]:
-        """fingerprint -> (id, last_run_id) of the stored rows carrying one of them."""
+        """fingerprint -> (id, last_run_id) of the present stored rows carrying one of them.
+
+        A snapshot exported in the same order as before meets its stored rows in id order: the
+        stored rows that follow the last one matched are read as a window (sequentially, in
+        store order) and only the fingerprints not in it are looked up one by one. When the
+        window finds less than half of them (the export was reordered), look-ups go one by one
+        for a while."""
         wanted = [fp for fp in fingerprints if fp is not None]
         if not wanted or not self._match_fingerprints:
             return {}
         with self._reading() as conn:
-            return self.store.by_fingerprint(conn, self.job.source, wanted)
+            found: dict[bytes, Any] = {}
+            in_window = 0
+            if self._window_skip:
+                self._window_skip -= 1
+            else:
+                window = self.store.following(
+                    conn, self.job.source, self._window_after, len(wanted) + len(wanted) // 16 + 16
+                )
+                found = {fp: hit for fp in wanted if (hit := window.get(fp)) is not None}
+                in_window = len(found)
+                if len(found) < len(wanted):
+                    wanted = [fp for fp in wanted if fp not in found]
+                else:
+                    wanted = []
+            if wanted:
+                found.update(self.store.by_fingerprint(conn, self.job.source, wanted))
+        if found:
+            if in_window * 2 < len(found):
+                self._window_skip = WINDOW_BACKOFF
+            for fp in reversed(fingerprints):  # carry on after the input's last match
+                hit = found.get(fp) if fp is not None else None
+                if hit is not None:
+                    self._window_after = hit[0]
+                    break
+        return found
 
     def _duplicate_of(self, row: Row, first: Row) -> _Q:
         return _Q(

@@ -165,6 +165,48 @@ class DatasetTable:
                 out[bytes(fp)] = (row_id, last_run)
         return out
 
+    def following(
+        self, conn: Connection, source: str, after: int, limit: int
+    ) -> dict[bytes, tuple[int, int | None]]:
+        """fingerprint -> (id, last_run_id) of the next ``limit`` present rows of ``source`` with
+        an id above ``after``, in id order: the stored rows a snapshot exported in the same order
+        as before meets next. Read through the primary key (SQLite: ``+source`` keeps the planner
+        off the fingerprint index, which would read every row of the source and sort them)."""
+        out: dict[bytes, tuple[int, int | None]] = {}
+        if self.driver == "sqlite":
+            with self._cursor(conn) as cur:
+                cur.execute(
+                    f"SELECT fingerprint, id, last_run_id FROM {self.name} "
+                    "WHERE +source = ? AND +removed = 0 AND id > ? ORDER BY id LIMIT ?",
+                    (source, after, limit),
+                )
+                for fp, row_id, last_run in cur.fetchall():
+                    if fp is not None:
+                        out[fp] = (row_id, last_run)
+            return out
+        if self.driver == "postgresql":
+            with self._cursor(conn) as cur:
+                cur.execute(
+                    f"SELECT fingerprint, id, last_run_id FROM {self.name} "
+                    "WHERE source = %s AND removed = false AND id > %s ORDER BY id LIMIT %s",
+                    (source, after, limit),
+                )
+                for fp, row_id, last_run in cur.fetchall():
+                    if fp is not None:
+                        out[bytes(fp)] = (row_id, last_run)
+            return out
+        t = self.table
+        stmt = (
+            select(t.c.fingerprint, t.c.id, t.c.last_run_id)
+            .where(t.c.source == source, t.c.removed == false(), t.c.id > after)
+            .order_by(t.c.id)
+            .limit(limit)
+        )
+        for fp, row_id, last_run in conn.execute(stmt):
+            if fp is not None:
+                out[bytes(fp)] = (row_id, last_run)
+        return out
+
     def any_present(self, conn: Connection, source: str) -> bool:
         """Whether any row of ``source`` is present (not removed)."""
         t = self.table
