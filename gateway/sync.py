@@ -452,6 +452,20 @@ def _rows_at(rows: Sequence[Row], indexes: Sequence[int]) -> Sequence[Row]:
     return [rows[i] for i in indexes]
 
 
+def _aligned(blob: bytes, fingerprints: Sequence[bytes | None], size: int) -> int:
+    """Where ``fingerprints`` (none None) appear one after the other in ``blob`` (``size`` bytes
+    each), as a row index into it; -1 if they do not."""
+    if None in fingerprints:
+        return -1
+    joined = b"".join(fingerprints)  # type: ignore[arg-type]
+    at = blob.find(joined[:size])
+    while at >= 0 and at % size:
+        at = blob.find(joined[:size], at + 1)
+    if at < 0 or blob[at : at + len(joined)] != joined:
+        return -1
+    return at // size
+
+
 def backoff_delay(attempt: int, base: float = BACKOFF_BASE_S, cap: float = BACKOFF_CAP_S) -> float:
     """Exponential backoff with jitter: between half and all of ``base * 2**(attempt-1)``."""
     delay = min(cap, base * 2 ** (attempt - 1))
@@ -742,31 +756,31 @@ class JobRunner:
         seen_ids: list[int] = []
         unchanged = 0
         fingerprints = self._fingerprints(batch)
-        hits = self._by_fingerprint(fingerprints)
+        ids_at, lasts = self._by_fingerprint(fingerprints)
         todo: Sequence[int] = range(len(rows))
-        if hits:
+        if ids_at is not None:
             # The very native rows stored records were made from: unchanged, unless a row is a
             # duplicate of one read before in this run. Decided for all of them at once; the
             # rows themselves are not even built (batch.rows may be LazyRows).
-            found = list(map(hits.get, fingerprints))
-            todo = [i for i, h in enumerate(found) if h is None]
+            todo = [i for i, rid in enumerate(ids_at) if rid is None]
+            hit_at: Sequence[int] = range(len(rows))
+            ids = ids_at
             if todo:
-                hit_at = [i for i, h in enumerate(found) if h is not None]
-                found = [found[i] for i in hit_at]
-            else:
-                hit_at = range(len(rows))
-            ids = [h[0] for h in found]
+                hit_at = [i for i, rid in enumerate(ids_at) if rid is not None]
+                ids = [ids_at[i] for i in hit_at]
             if (
                 len(set(ids)) == len(ids)
-                and run_ids.isdisjoint([h[1] for h in found])
-                and not self.seen.any_seen(ids)
+                and run_ids.isdisjoint(lasts.values())
+                and not self.seen.any_seen(ids)  # type: ignore[arg-type]
             ):
-                seen_ids = ids
+                seen_ids = ids  # type: ignore[assignment]
                 unchanged = len(ids)
                 if todo:
-                    claimed = dict(zip(ids, hit_at, strict=True))
+                    claimed = dict(zip(ids, hit_at, strict=True))  # type: ignore[arg-type]
             else:
-                unchanged = self._hit_duplicates(rows, hit_at, found, claimed, seen_ids, quarantine)
+                unchanged = self._hit_duplicates(
+                    rows, hit_at, ids, lasts, claimed, seen_ids, quarantine
+                )
         for i, row in zip(todo, _rows_at(rows, todo), strict=True):
             if row.problems:
                 fld, code, _ = row.problems[0]
@@ -979,7 +993,8 @@ class JobRunner:
         self,
         rows: Sequence[Row],
         hit_at: Sequence[int],
-        found: list[tuple[int, int | None]],
+        ids: Sequence[int | None],
+        lasts: dict[int, int | None],
         claimed: dict[int, int],
         seen_ids: list[int],
         quarantine: list[_Q],
@@ -989,13 +1004,14 @@ class JobRunner:
         the number of unchanged rows."""
         run_ids = self.run_ids
         unchanged = 0
-        for i, (row_id, last_run) in zip(hit_at, found, strict=True):
+        for i, row_id in zip(hit_at, ids, strict=True):
+            assert row_id is not None
             first = claimed.get(row_id)
             if first is not None:
                 quarantine.append(self._duplicate_of(rows[i], rows[first]))
                 continue
             earlier = self.seen.batch_of(row_id)
-            if earlier or last_run in run_ids:
+            if earlier or lasts.get(row_id) in run_ids:
                 quarantine.append(self._duplicate(rows[i], earlier or self._inserted_by(row_id)))
                 continue
             claimed[row_id] = i
@@ -1211,43 +1227,55 @@ class JobRunner:
             return self.fingerprinter.many_raw(raw)
         return self.fingerprinter.many([None if r.problems else r.data for r in rows])
 
-    def _by_fingerprint(self, fingerprints: Sequence[bytes | None]) -> dict[bytes, Any]:
-        """fingerprint -> (id, last_run_id) of the present stored rows carrying one of them.
+    def _by_fingerprint(
+        self, fingerprints: Sequence[bytes | None]
+    ) -> tuple[list[int | None] | None, dict[int, int | None]]:
+        """The id of the present stored row carrying each fingerprint (None: no such row), or
+        None when nothing is looked up; and the last_run_id of those found rows that this run's
+        input may have written (the others were not).
 
         A snapshot exported in the same order as before meets its stored rows in id order: the
-        stored rows that follow the last one matched are read as a window (sequentially, in
-        store order) and only the fingerprints not in it are looked up one by one. When the
-        window finds less than half of them (the export was reordered), look-ups go one by one
-        for a while."""
-        wanted = [fp for fp in fingerprints if fp is not None]
-        if not wanted or not self._match_fingerprints:
-            return {}
+        stored rows after the last one matched (leaving out rows this run's input wrote) are
+        read as one window, in store order, and compared with the batch as a whole; only the
+        fingerprints not in it are looked up one by one. When the window holds less than half
+        of what is found (the export was reordered), look-ups go one by one for a while."""
+        n = len(fingerprints)
+        if not self._match_fingerprints or fingerprints.count(None) == n:
+            return None, {}
+        ids_at: list[int | None] = [None] * n
+        lasts: dict[int, int | None] = {}
+        size = RowFingerprints.SIZE
         with self._reading() as conn:
-            found: dict[bytes, Any] = {}
             in_window = 0
             if self._window_skip:
                 self._window_skip -= 1
             else:
-                window = self.store.following(
-                    conn, self.job.source, self._window_after, len(wanted) + len(wanted) // 16 + 16
+                blob, ids = self.store.following(
+                    conn, self.job.source, self._window_after, n + n // 16 + 16, self.run_ids
                 )
-                found = {fp: hit for fp in wanted if (hit := window.get(fp)) is not None}
-                in_window = len(found)
-                if len(found) < len(wanted):
-                    wanted = [fp for fp in wanted if fp not in found]
-                else:
-                    wanted = []
-            if wanted:
-                found.update(self.store.by_fingerprint(conn, self.job.source, wanted))
-        if found:
-            if in_window * 2 < len(found):
+                at = _aligned(blob, fingerprints, size) if blob else -1
+                if at >= 0:  # the batch is a stretch of the window, row for row
+                    ids_at = list(ids[at : at + n])
+                elif blob:
+                    parts = [blob[k : k + size] for k in range(0, len(blob), size)]
+                    index = dict(zip(parts, ids, strict=True))
+                    ids_at = [index.get(fp) if fp is not None else None for fp in fingerprints]
+                in_window = n - ids_at.count(None)
+            if in_window < n:
+                wanted = [fp for fp, rid in zip(fingerprints, ids_at, strict=True) if rid is None]
+                wanted = [fp for fp in wanted if fp is not None]
+                found = self.store.by_fingerprint(conn, self.job.source, wanted) if wanted else {}
+                if found:
+                    for i, fp in enumerate(fingerprints):
+                        if ids_at[i] is None and fp is not None and (hit := found.get(fp)):
+                            ids_at[i] = hit[0]
+                            lasts[hit[0]] = hit[1]
+        hits = n - ids_at.count(None)
+        if hits:
+            if in_window * 2 < hits:
                 self._window_skip = WINDOW_BACKOFF
-            for fp in reversed(fingerprints):  # carry on after the input's last match
-                hit = found.get(fp) if fp is not None else None
-                if hit is not None:
-                    self._window_after = hit[0]
-                    break
-        return found
+            self._window_after = next(rid for rid in reversed(ids_at) if rid is not None)
+        return (ids_at if hits else None), lasts
 
     def _duplicate_of(self, row: Row, first: Row) -> _Q:
         return _Q(

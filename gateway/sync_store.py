@@ -12,7 +12,7 @@ written them. Other dialects take the same statements through SQLAlchemy Core.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import bindparam, false, func, insert, select, text, update
@@ -166,46 +166,56 @@ class DatasetTable:
         return out
 
     def following(
-        self, conn: Connection, source: str, after: int, limit: int
-    ) -> dict[bytes, tuple[int, int | None]]:
-        """fingerprint -> (id, last_run_id) of the next ``limit`` present rows of ``source`` with
-        an id above ``after``, in id order: the stored rows a snapshot exported in the same order
-        as before meets next. Read through the primary key (SQLite: ``+source`` keeps the planner
-        off the fingerprint index, which would read every row of the source and sort them)."""
-        out: dict[bytes, tuple[int, int | None]] = {}
+        self, conn: Connection, source: str, after: int, limit: int, skip_runs: Collection[int]
+    ) -> tuple[bytes, list[int]]:
+        """The next ``limit`` present rows of ``source`` with an id above ``after``, in id order,
+        leaving out rows last written by ``skip_runs``: (their fingerprints joined, 16 bytes each
+        and zeros for none; their ids). The stored rows a snapshot exported in the same order as
+        before meets next, read in one aggregate (no Python object per row) through the primary
+        key (SQLite: ``+source`` keeps the planner off the fingerprint index, which would read
+        every row of the source and sort them)."""
+        runs = sorted(skip_runs) or [0]
         if self.driver == "sqlite":
+            sql = (
+                "SELECT CAST(group_concat(CASE WHEN length(fingerprint) = 16 THEN fingerprint "
+                "ELSE zeroblob(16) END, '') AS BLOB), group_concat(id) FROM ("
+                f"SELECT id, fingerprint FROM {self.name} WHERE +source = ? AND +removed = 0 "
+                f"AND id > ? AND coalesce(last_run_id, 0) NOT IN ({', '.join('?' * len(runs))}) "
+                "ORDER BY id LIMIT ?)"
+            )
             with self._cursor(conn) as cur:
-                cur.execute(
-                    f"SELECT fingerprint, id, last_run_id FROM {self.name} "
-                    "WHERE +source = ? AND +removed = 0 AND id > ? ORDER BY id LIMIT ?",
-                    (source, after, limit),
-                )
-                for fp, row_id, last_run in cur.fetchall():
-                    if fp is not None:
-                        out[fp] = (row_id, last_run)
-            return out
+                cur.execute(sql, (source, after, *runs, limit))
+                blob, ids = cur.fetchone()
+            return (blob, list(map(int, ids.split(",")))) if ids else (b"", [])
         if self.driver == "postgresql":
+            sql = (
+                "SELECT string_agg(CASE WHEN length(fingerprint) = 16 THEN fingerprint "
+                "ELSE '\\x00000000000000000000000000000000'::bytea END, ''::bytea ORDER BY id), "
+                f"array_agg(id ORDER BY id) FROM (SELECT id, fingerprint FROM {self.name} "
+                "WHERE source = %s AND removed = false AND id > %s "
+                "AND coalesce(last_run_id, 0) <> ALL(%s) ORDER BY id LIMIT %s) w"
+            )
             with self._cursor(conn) as cur:
-                cur.execute(
-                    f"SELECT fingerprint, id, last_run_id FROM {self.name} "
-                    "WHERE source = %s AND removed = false AND id > %s ORDER BY id LIMIT %s",
-                    (source, after, limit),
-                )
-                for fp, row_id, last_run in cur.fetchall():
-                    if fp is not None:
-                        out[bytes(fp)] = (row_id, last_run)
-            return out
+                cur.execute(sql, (source, after, runs, limit))
+                blob, ids = cur.fetchone()
+            return (bytes(blob), list(ids)) if ids else (b"", [])
         t = self.table
         stmt = (
-            select(t.c.fingerprint, t.c.id, t.c.last_run_id)
-            .where(t.c.source == source, t.c.removed == false(), t.c.id > after)
+            select(t.c.fingerprint, t.c.id)
+            .where(
+                t.c.source == source,
+                t.c.removed == false(),
+                t.c.id > after,
+                func.coalesce(t.c.last_run_id, 0).not_in(runs),
+            )
             .order_by(t.c.id)
             .limit(limit)
         )
-        for fp, row_id, last_run in conn.execute(stmt):
-            if fp is not None:
-                out[bytes(fp)] = (row_id, last_run)
-        return out
+        fps, ids = [], []
+        for fp, row_id in conn.execute(stmt):
+            fps.append(bytes(fp) if fp is not None and len(fp) == 16 else bytes(16))
+            ids.append(row_id)
+        return b"".join(fps), ids
 
     def any_present(self, conn: Connection, source: str) -> bool:
         """Whether any row of ``source`` is present (not removed)."""
