@@ -10,7 +10,10 @@ Unchanged rows skip all of that: each native row's keyed fingerprint (protect.Ro
 under a key derived from the blind_index key, the job's dataset, source, mapping name and version,
 plugin and gateway versions, stored fields) is looked up first; a row whose fingerprint a present
 record carries was mapped to that record before, and would be again, so it is unchanged without
-being mapped, validated, keyed, hashed or sealed. Every other row takes the full path; a row found
+being mapped, validated, keyed, hashed or sealed. A connector that gives its rows' source bytes
+(``Batch.raw``: the csv connector) has those fingerprinted instead, and its rows are built only
+for the fingerprints not found; the look-up reads the stored rows that follow the last match, in
+store order, as one window. Every other row takes the full path; a row found
 unchanged there gets its new fingerprint stored (nothing else of the record changes, so the change
 feed sees nothing). A removed record loses its fingerprint, so a row that comes back is updated.
 Replays and ``--full`` runs map every row (``--full`` is the way to re-map after changing code
@@ -750,8 +753,8 @@ class JobRunner:
         # record_key -> (index in the batch, row, record, subject key, content hash, fingerprint)
         pending: dict[str, tuple[int, Row, dict[str, Any], str, str, bytes | None]] = {}
         keep: list[str] = []  # record keys of quarantined rows: their stored row is still there
-        # Stored rows this batch matched so far: row id -> (index in the batch, row). The first
-        # row of the input wins; a later one with the same stored row is a duplicate.
+        # Stored rows this batch matched so far: row id -> index in the batch of the row. The
+        # first row of the input wins; a later one with the same stored row is a duplicate.
         claimed: dict[int, int] = {}
         seen_ids: list[int] = []
         unchanged = 0
@@ -1238,7 +1241,8 @@ class JobRunner:
         stored rows after the last one matched (leaving out rows this run's input wrote) are
         read as one window, in store order, and compared with the batch as a whole; only the
         fingerprints not in it are looked up one by one. When the window holds less than half
-        of what is found (the export was reordered), look-ups go one by one for a while."""
+        of what is found (the export was reordered) or nothing (new rows), the next batches
+        look up one by one, and try a window again after WINDOW_BACKOFF batches."""
         n = len(fingerprints)
         if not self._match_fingerprints or fingerprints.count(None) == n:
             return None, {}
@@ -1247,7 +1251,8 @@ class JobRunner:
         size = RowFingerprints.SIZE
         with self._reading() as conn:
             in_window = 0
-            if self._window_skip:
+            windowed = not self._window_skip
+            if not windowed:
                 self._window_skip -= 1
             else:
                 blob, ids = self.store.following(
@@ -1271,9 +1276,9 @@ class JobRunner:
                             ids_at[i] = hit[0]
                             lasts[hit[0]] = hit[1]
         hits = n - ids_at.count(None)
+        if windowed and in_window * 2 < max(hits, 1):  # reordered, or rows new to the store
+            self._window_skip = WINDOW_BACKOFF
         if hits:
-            if in_window * 2 < hits:
-                self._window_skip = WINDOW_BACKOFF
             self._window_after = next(rid for rid in reversed(ids_at) if rid is not None)
         return (ids_at if hits else None), lasts
 
