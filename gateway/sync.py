@@ -1258,6 +1258,8 @@ class JobRunner:
                 blob, ids = self.store.following(
                     conn, self.job.source, self._window_after, n + n // 16 + 16, self.run_ids
                 )
+                if len(blob) != size * len(ids):  # a stored fingerprint of another size
+                    blob = b""
                 at = _aligned(blob, fingerprints, size) if blob else -1
                 if at >= 0:  # the batch is a stretch of the window, row for row
                     ids_at = list(ids[at : at + n])

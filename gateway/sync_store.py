@@ -169,16 +169,17 @@ class DatasetTable:
         self, conn: Connection, source: str, after: int, limit: int, skip_runs: Collection[int]
     ) -> tuple[bytes, list[int]]:
         """The next ``limit`` present rows of ``source`` with an id above ``after``, in id order,
-        leaving out rows last written by ``skip_runs``: (their fingerprints joined, 16 bytes each
-        and zeros for none; their ids). The stored rows a snapshot exported in the same order as
+        leaving out rows last written by ``skip_runs``: (their fingerprints joined, 16 zero bytes
+        for none; their ids). A caller checks the length (a fingerprint is 16 bytes when the sync
+        wrote it; anything else makes the window unusable, not wrong). The stored rows a snapshot exported in the same order as
         before meets next, read in one aggregate (no Python object per row) through the primary
         key (SQLite: ``+source`` keeps the planner off the fingerprint index, which would read
         every row of the source and sort them)."""
         runs = sorted(skip_runs) or [0]
         if self.driver == "sqlite":
             sql = (
-                "SELECT CAST(group_concat(CASE WHEN length(fingerprint) = 16 THEN fingerprint "
-                "ELSE zeroblob(16) END, '') AS BLOB), group_concat(id) FROM ("
+                "SELECT CAST(group_concat(coalesce(fingerprint, zeroblob(16)), '') AS BLOB), "
+                "group_concat(id) FROM ("
                 f"SELECT id, fingerprint FROM {self.name} WHERE +source = ? AND +removed = 0 "
                 f"AND id > ? AND coalesce(last_run_id, 0) NOT IN ({', '.join('?' * len(runs))}) "
                 "ORDER BY id LIMIT ?)"
@@ -189,8 +190,8 @@ class DatasetTable:
             return (blob, list(map(int, ids.split(",")))) if ids else (b"", [])
         if self.driver == "postgresql":
             sql = (
-                "SELECT string_agg(CASE WHEN length(fingerprint) = 16 THEN fingerprint "
-                "ELSE '\\x00000000000000000000000000000000'::bytea END, ''::bytea ORDER BY id), "
+                "SELECT string_agg(coalesce(fingerprint, "
+                "'\\x00000000000000000000000000000000'::bytea), ''::bytea ORDER BY id), "
                 f"array_agg(id ORDER BY id) FROM (SELECT id, fingerprint FROM {self.name} "
                 "WHERE source = %s AND removed = false AND id > %s "
                 "AND coalesce(last_run_id, 0) <> ALL(%s) ORDER BY id LIMIT %s) w"
@@ -213,7 +214,7 @@ class DatasetTable:
         )
         fps, ids = [], []
         for fp, row_id in conn.execute(stmt):
-            fps.append(bytes(fp) if fp is not None and len(fp) == 16 else bytes(16))
+            fps.append(bytes(16) if fp is None else bytes(fp))
             ids.append(row_id)
         return b"".join(fps), ids
 
