@@ -16,6 +16,7 @@ from __future__ import annotations
 import codecs
 import csv
 import datetime as dt
+import io
 import itertools
 import json
 import logging
@@ -543,9 +544,10 @@ class _CsvForm:
         width = len(header)
         codec = self.codec
         try:
-            # Each record's lines as a text file gives them to the csv module.
-            texts = [part.decode(codec) for record in records for part in record.splitlines(True)]
-            parsed = csv.reader(texts, delimiter=self.delimiter, quotechar=self.quote)
+            # The records one after the other, decoded at once and split into lines as a text
+            # file splits them (only a file's last record can lack a line end: it comes last).
+            text = io.StringIO(b"".join(records).decode(codec), newline="")
+            parsed = csv.reader(text, delimiter=self.delimiter, quotechar=self.quote)
             out = []
             for fields, line in zip(parsed, lines, strict=True):
                 if len(fields) == width and any(fields):
