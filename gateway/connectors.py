@@ -31,7 +31,7 @@ class LazyRows(Sequence[Row]):
         raise NotImplementedError
 
     def take(self, indexes: Sequence[int]) -> list[Row]:
-        """The rows at ``indexes`` (ascending), built together."""
+        """The rows at ``indexes`` (in that order), built together."""
         raise NotImplementedError
 
     @overload

@@ -165,8 +165,6 @@ class RawRows(LazyRows):
     view the sync fingerprints. A file reader appends blocks of records with their ``form``
     (whatever its ``build`` needs to turn bytes into rows: the file's name, header, encoding)."""
 
-    __slots__ = ("records", "lines", "parts", "_built")
-
     def __init__(self) -> None:
         self.records: list[bytes] = []
         self.lines: list[int] = []  # where each record starts (1-based line), for positions
@@ -191,7 +189,8 @@ class RawRows(LazyRows):
 
     def take(self, indexes: Iterable[int]) -> list[Row]:
         built = self._built
-        todo = [i for i in indexes if i not in built] if built else list(indexes)
+        indexes = list(indexes)
+        todo = sorted({i for i in indexes if i not in built}) if built else sorted(set(indexes))
         if todo:
             starts = [start for start, _ in self.parts]
             k = 0

@@ -452,6 +452,10 @@ def test_equal_rows_have_equal_bytes_and_forms(tmp_path: Path) -> None:
     assert sorted(forms) == [0, 3, 6] and len(set(forms.values())) == 3
     assert records[0] == records[2] and records[0] != records[1]
     assert [r.data for r in batch.rows[:3]] == [{"id": i, "name": n} for i, n in rows]
+    # The rows behave as the list they used to be.
+    listed = list(batch.rows)
+    assert batch.rows[::-1] == listed[::-1] and batch.rows[-1] is listed[-1]
+    assert batch.rows + [] == listed and len(batch.rows) == 9 and batch.rows == listed
 
 
 # --- writing -----------------------------------------------------------------------------------
