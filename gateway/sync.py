@@ -43,6 +43,7 @@ import bisect
 import contextlib
 import datetime as dt
 import gc
+import itertools
 import json
 import logging
 import random
@@ -508,6 +509,7 @@ class JobRunner:
         # and how many batches still look up without a window.
         self._window_after = 0
         self._window_skip = 0
+        self._window_misses = 0  # windowed batches in a row the window served badly
         # PostgreSQL planner statistics: the rows they count, the rows inserted since.
         self._stats_rows: int | None = None
         self._grown = 0
@@ -1241,8 +1243,8 @@ class JobRunner:
         stored rows after the last one matched (leaving out rows this run's input wrote) are
         read as one window, in store order, and compared with the batch as a whole; only the
         fingerprints not in it are looked up one by one. When the window holds less than half
-        of what is found (the export was reordered) or nothing (new rows), the next batches
-        look up one by one, and try a window again after WINDOW_BACKOFF batches."""
+        of what is found (the export was reordered) or nothing (new rows) twice in a row, the
+        next batches look up one by one, and try a window again after WINDOW_BACKOFF batches."""
         n = len(fingerprints)
         if not self._match_fingerprints or fingerprints.count(None) == n:
             return None, {}
@@ -1278,10 +1280,18 @@ class JobRunner:
                             ids_at[i] = hit[0]
                             lasts[hit[0]] = hit[1]
         hits = n - ids_at.count(None)
-        if windowed and in_window * 2 < max(hits, 1):  # reordered, or rows new to the store
-            self._window_skip = WINDOW_BACKOFF
+        if windowed:
+            if in_window * 2 >= max(hits, 1):
+                self._window_misses = 0
+            else:  # reordered, rows new to the store, or a jump (a block of rows gone)
+                self._window_misses += 1
+                if self._window_misses >= 2:  # not a jump: the next window is no better
+                    self._window_skip, self._window_misses = WINDOW_BACKOFF, 0
         if hits:
-            self._window_after = next(rid for rid in reversed(ids_at) if rid is not None)
+            # Carry on after where the input's last rows are stored: the median id of the last
+            # few found, so that a row stored elsewhere (new in the last run) does not lead.
+            last = list(itertools.islice((rid for rid in reversed(ids_at) if rid is not None), 9))
+            self._window_after = sorted(last)[len(last) // 2]  # type: ignore[type-var]
         return (ids_at if hits else None), lasts
 
     def _duplicate_of(self, row: Row, first: Row) -> _Q:

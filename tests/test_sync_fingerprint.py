@@ -324,6 +324,33 @@ def test_a_reordered_export_is_still_recognised_row_by_row(env, mapped):
     assert mapped["rows"] == 0
 
 
+def test_rows_stored_elsewhere_do_not_throw_the_window_off(env, monkeypatch):
+    """Rows added in the last run are stored after all others; where one ends a batch, the next
+    batch still reads its window where the rest of the input continues: only the added rows are
+    looked up one by one."""
+    from gateway.sync_store import DatasetTable
+
+    site, data, _ = env
+    rows = people(240)
+    _write_csv(data, rows[:234])
+    run_job(site, "residents")
+    body = []
+    for k in range(6):  # 40-row batches, each ending with a row new in the next run
+        body += rows[k * 39 : (k + 1) * 39] + [rows[234 + k]]
+    _write_csv(data, body)
+    assert _counts(run_job(site, "residents")) == (240, 6, 0, 234, 0, 0)
+    looked_up: list[int] = []
+    by_fingerprint = DatasetTable.by_fingerprint
+
+    def counting(self, conn, source, fingerprints):
+        looked_up.append(len(fingerprints))
+        return by_fingerprint(self, conn, source, fingerprints)
+
+    monkeypatch.setattr(DatasetTable, "by_fingerprint", counting)
+    assert _counts(run_job(site, "residents")) == (240, 0, 0, 240, 0, 0)
+    assert sum(looked_up) <= 6, looked_up
+
+
 def test_rows_of_a_quoted_export_are_recognised(env, mapped):
     """Lines with quoted fields (some spanning lines) go through the csv module; the others are
     recognised by their bytes alone. Either way an unchanged row is not mapped again."""
