@@ -174,7 +174,9 @@ class DatasetTable:
         wrote it; anything else makes the window unusable, not wrong). The stored rows a snapshot exported in the same order as
         before meets next, read in one aggregate (no Python object per row) through the primary
         key (SQLite: ``+source`` keeps the planner off the fingerprint index, which would read
-        every row of the source and sort them)."""
+        every row of the source and sort them). Fingerprints and ids come from one pass of the
+        aggregate, so they pair up whatever order it takes (SQLite 3.40 has no ORDER BY inside
+        group_concat; it follows the subquery's order)."""
         runs = sorted(skip_runs) or [0]
         if self.driver == "sqlite":
             sql = (
