@@ -351,6 +351,39 @@ def test_rows_stored_elsewhere_do_not_throw_the_window_off(env, monkeypatch):
     assert sum(looked_up) <= 6, looked_up
 
 
+def test_the_national_suite_recognises_unchanged_rows_too(make_site, tmp_path, mapped):
+    """Under the SM suite the fingerprint of the source bytes is an HMAC-SM3."""
+    data = tmp_path / "people.csv"
+    site = make_site(
+        {
+            "systems": {
+                "registry": {
+                    "plugin": "test_registry",
+                    "connector": "csv",
+                    "path": str(data),
+                    "mapping": "test_registry/residents",
+                }
+            },
+            "jobs": {
+                "residents": {
+                    "source": "registry",
+                    "dataset": "residents",
+                    "mode": "snapshot",
+                    "batch_size": 40,
+                }
+            },
+        },
+        suite="sm4-gcm+hmac-sm3",
+        name="sm",
+    )
+    write_mappings(site.base_dir)
+    _write_csv(data, people(90))
+    assert _counts(run_job(site, "residents")) == (90, 90, 0, 0, 0, 0)
+    mapped["rows"] = 0
+    assert _counts(run_job(site, "residents")) == (90, 0, 0, 90, 0, 0)
+    assert mapped["rows"] == 0
+
+
 def test_rows_of_a_quoted_export_are_recognised(env, mapped):
     """Lines with quoted fields (some spanning lines) go through the csv module; the others are
     recognised by their bytes alone. Either way an unchanged row is not mapped again."""
