@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, overload
 
 
 @dataclass(slots=True)
@@ -22,12 +22,74 @@ class Row:
     problems: list[tuple[str, str, str]] = field(default_factory=list)
 
 
+class LazyRows(Sequence[Row]):
+    """Rows built only when asked for: a connector that can tell unchanged rows apart by their
+    bytes (``RawRecords``) gives these, so rows the sync recognises are never parsed. ``take``
+    builds many at once (cheaper than one by one); a built row is kept."""
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def take(self, indexes: Sequence[int]) -> list[Row]:
+        """The rows at ``indexes`` (in that order), built together."""
+        raise NotImplementedError
+
+    @overload
+    def __getitem__(self, index: int) -> Row: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[Row]: ...
+
+    def __getitem__(self, index: int | slice) -> Row | list[Row]:
+        n = len(self)
+        if isinstance(index, slice):
+            return self.take(range(*index.indices(n)))
+        if index < 0:
+            index += n
+        if not 0 <= index < n:
+            raise IndexError("row index out of range")
+        return self.take([index])[0]
+
+    def __iter__(self) -> Iterator[Row]:
+        return iter(self.take(range(len(self))))
+
+    # What code written for ``list[Row]`` does with batch.rows keeps working (as lists).
+    def __add__(self, other: Sequence[Row]) -> list[Row]:
+        return list(self) + list(other)
+
+    def __radd__(self, other: Sequence[Row]) -> list[Row]:
+        return list(other) + list(self)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, LazyRows | list):
+            return list(self) == list(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment] - mutable, like a list
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({list(self)!r})"
+
+
+@dataclass(slots=True)
+class RawRecords:
+    """The exact source bytes of each row of a batch, for telling unchanged rows apart without
+    building them: ``records[i]`` is row i's bytes; ``forms`` lists ``(first row index, form)``
+    ascending, where ``form`` names everything else that decides a row's data from its bytes
+    (format, encoding, dialect, header). Equal form and equal bytes must mean equal row data."""
+
+    records: Sequence[bytes]
+    forms: Sequence[tuple[int, str]]
+
+
 @dataclass(slots=True)
 class Batch:
-    rows: list[Row]
+    rows: Sequence[Row]  # a list, or LazyRows
     # JSON-serialisable position after this batch; stored with the batch in one transaction so a
     # run that dies resumes here. None when the source has no incremental position.
     cursor: Any = None
+    # Optional (connectors that can): the rows' source bytes, one record per row.
+    raw: RawRecords | None = None
 
 
 @dataclass(slots=True)

@@ -10,7 +10,10 @@ Unchanged rows skip all of that: each native row's keyed fingerprint (protect.Ro
 under a key derived from the blind_index key, the job's dataset, source, mapping name and version,
 plugin and gateway versions, stored fields) is looked up first; a row whose fingerprint a present
 record carries was mapped to that record before, and would be again, so it is unchanged without
-being mapped, validated, keyed, hashed or sealed. Every other row takes the full path; a row found
+being mapped, validated, keyed, hashed or sealed. A connector that gives its rows' source bytes
+(``Batch.raw``: the csv connector) has those fingerprinted instead, and its rows are built only
+for the fingerprints not found; the look-up reads the stored rows that follow the last match, in
+store order, as one window. Every other row takes the full path; a row found
 unchanged there gets its new fingerprint stored (nothing else of the record changes, so the change
 feed sees nothing). A removed record loses its fingerprint, so a row that comes back is updated.
 Replays and ``--full`` runs map every row (``--full`` is the way to re-map after changing code
@@ -40,6 +43,7 @@ import bisect
 import contextlib
 import datetime as dt
 import gc
+import itertools
 import json
 import logging
 import random
@@ -58,7 +62,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from . import audit
-from .connectors import Batch, Row
+from .connectors import Batch, LazyRows, Row
 from .errors import ConfigError, GatewayError, SourceError, TransientSourceError
 from .protect import KeyProblem, RecordProtector, RowFingerprints
 from .store.jobs import (
@@ -89,6 +93,7 @@ BACKOFF_BASE_S = 0.5
 BACKOFF_CAP_S = 30.0
 REMOVAL_SCAN_CHUNK = 20_000
 ANALYZE_MIN_ROWS = 10_000  # PostgreSQL: rows inserted before the table's statistics are refreshed
+WINDOW_BACKOFF = 8  # batches looked up without a window after one the window served badly
 
 
 class SyncFailed(GatewayError):
@@ -349,18 +354,31 @@ class SeenIds:
     def batch_of(self, row_id: int) -> int:
         return self._batch[row_id] if row_id < len(self._batch) else 0
 
-    def mark(self, row_ids: Sequence[int], batch_no: int) -> None:
-        if not row_ids:
-            return
-        top = max(row_ids)
+    def _cover(self, top: int) -> None:
         if top >= len(self._batch):
             grow = max(top + 1, len(self._batch) * 2) - len(self._batch)
             self._batch.frombytes(bytes(4 * grow))
+
+    def any_seen(self, row_ids: Sequence[int]) -> bool:
+        """Whether any of ``row_ids`` was seen (one pass in C, no Python per id)."""
+        if not row_ids or not self.count:
+            return False
+        self._cover(max(row_ids))
+        return any(map(self._batch.__getitem__, row_ids))
+
+    def mark(self, row_ids: Sequence[int], batch_no: int) -> None:
+        if not row_ids:
+            return
+        ids = set(row_ids)
+        low, top = min(ids), max(ids)
+        self._cover(top)
         b = self._batch
-        for rid in row_ids:
-            if not b[rid]:
-                self.count += 1
-            b[rid] = batch_no
+        self.count += len(ids) - sum(map(bool, map(b.__getitem__, ids)))
+        if top - low + 1 == len(ids):  # consecutive ids (a snapshot read in store order)
+            b[low : top + 1] = array("I", [batch_no]) * len(ids)
+        else:
+            for rid in ids:
+                b[rid] = batch_no
 
     @staticmethod
     def pack(row_ids: Sequence[int]) -> bytes:
@@ -429,6 +447,29 @@ def _quiet_gc(young: int = 10_000) -> Iterator[None]:
                 gc.unfreeze()
 
 
+def _rows_at(rows: Sequence[Row], indexes: Sequence[int]) -> Sequence[Row]:
+    """The rows at ``indexes`` (ascending); LazyRows build them together."""
+    if isinstance(indexes, range) and len(indexes) == len(rows):
+        return rows
+    if isinstance(rows, LazyRows):
+        return rows.take(indexes)
+    return [rows[i] for i in indexes]
+
+
+def _aligned(blob: bytes, fingerprints: Sequence[bytes | None], size: int) -> int:
+    """Where ``fingerprints`` (none None) appear one after the other in ``blob`` (``size`` bytes
+    each), as a row index into it; -1 if they do not."""
+    if None in fingerprints:
+        return -1
+    joined = b"".join(fingerprints)  # type: ignore[arg-type]
+    at = blob.find(joined[:size])
+    while at >= 0 and at % size:
+        at = blob.find(joined[:size], at + 1)
+    if at < 0 or blob[at : at + len(joined)] != joined:
+        return -1
+    return at // size
+
+
 def backoff_delay(attempt: int, base: float = BACKOFF_BASE_S, cap: float = BACKOFF_CAP_S) -> float:
     """Exponential backoff with jitter: between half and all of ``base * 2**(attempt-1)``."""
     delay = min(cap, base * 2 ** (attempt - 1))
@@ -464,6 +505,11 @@ class JobRunner:
         # Set when the run starts (a replay and a --full run map every row).
         self.fingerprinter: RowFingerprints | None = None
         self._match_fingerprints = True
+        # Fingerprint look-ups: the stored row id the next window of stored rows starts after,
+        # and how many batches still look up without a window.
+        self._window_after = 0
+        self._window_skip = 0
+        self._window_misses = 0  # windowed batches in a row the window served badly
         # PostgreSQL planner statistics: the rows they count, the rows inserted since.
         self._stats_rows: int | None = None
         self._grown = 0
@@ -709,36 +755,43 @@ class JobRunner:
         # record_key -> (index in the batch, row, record, subject key, content hash, fingerprint)
         pending: dict[str, tuple[int, Row, dict[str, Any], str, str, bytes | None]] = {}
         keep: list[str] = []  # record keys of quarantined rows: their stored row is still there
-        # Stored rows this batch matched so far: row id -> (index in the batch, row). The first
-        # row of the input wins; a later one with the same stored row is a duplicate.
-        claimed: dict[int, tuple[int, Row]] = {}
+        # Stored rows this batch matched so far: row id -> index in the batch of the row. The
+        # first row of the input wins; a later one with the same stored row is a duplicate.
+        claimed: dict[int, int] = {}
         seen_ids: list[int] = []
         unchanged = 0
-        fingerprints = self._fingerprints(rows)
-        hits = self._by_fingerprint(fingerprints)
-        for i, row in enumerate(rows):
+        fingerprints = self._fingerprints(batch)
+        ids_at, lasts = self._by_fingerprint(fingerprints)
+        todo: Sequence[int] = range(len(rows))
+        if ids_at is not None:
+            # The very native rows stored records were made from: unchanged, unless a row is a
+            # duplicate of one read before in this run. Decided for all of them at once; the
+            # rows themselves are not even built (batch.rows may be LazyRows).
+            todo = [i for i, rid in enumerate(ids_at) if rid is None]
+            hit_at: Sequence[int] = range(len(rows))
+            ids = ids_at
+            if todo:
+                hit_at = [i for i, rid in enumerate(ids_at) if rid is not None]
+                ids = [ids_at[i] for i in hit_at]
+            if (
+                len(set(ids)) == len(ids)
+                and run_ids.isdisjoint(lasts.values())
+                and not self.seen.any_seen(ids)  # type: ignore[arg-type]
+            ):
+                seen_ids = ids  # type: ignore[assignment]
+                unchanged = len(ids)
+                if todo:
+                    claimed = dict(zip(ids, hit_at, strict=True))  # type: ignore[arg-type]
+            else:
+                unchanged = self._hit_duplicates(
+                    rows, hit_at, ids, lasts, claimed, seen_ids, quarantine
+                )
+        for i, row in zip(todo, _rows_at(rows, todo), strict=True):
             if row.problems:
                 fld, code, _ = row.problems[0]
                 quarantine.append(_Q(row, "read", fld, code, "; ".join(p[2] for p in row.problems)))
                 continue
             fp = fingerprints[i]
-            hit = hits.get(fp) if hits and fp is not None else None
-            if hit is not None:
-                # The very native row a stored record was made from: unchanged, unless the row is
-                # a duplicate of one read before in this run.
-                row_id, last_run = hit
-                first = claimed.get(row_id)
-                if first is not None:
-                    quarantine.append(self._duplicate_of(row, first[1]))
-                    continue
-                earlier = seen_batch_of(row_id)
-                if earlier or last_run in run_ids:
-                    quarantine.append(self._duplicate(row, earlier or self._inserted_by(row_id)))
-                    continue
-                claimed[row_id] = (i, row)
-                seen_ids.append(row_id)
-                unchanged += 1
-                continue
             record, errors = map_row(row.data)
             stage = "map"
             if not errors:
@@ -798,11 +851,11 @@ class JobRunner:
             first = claimed.get(row_id)
             if first is not None:
                 # Matched by its fingerprint by another row of this batch.
-                if first[0] < i:
-                    quarantine.append(self._duplicate_of(row, first[1]))
+                if first < i:
+                    quarantine.append(self._duplicate_of(row, rows[first]))
                     continue
                 # That row comes later in the input: this one wins, that one is the duplicate.
-                quarantine.append(self._duplicate_of(first[1], row))
+                quarantine.append(self._duplicate_of(rows[first], row))
                 unchanged -= 1
             else:
                 earlier = seen_batch_of(row_id)
@@ -812,7 +865,7 @@ class JobRunner:
                     quarantine.append(self._duplicate(row, earlier or self._inserted_by(row_id)))
                     continue
                 seen_ids.append(row_id)
-            claimed[row_id] = (i, row)
+            claimed[row_id] = i
             if removed or stored_hash != content_hash:
                 updates.append((row_id, record_key, record, subject_key, content_hash, fp))
             else:
@@ -940,6 +993,36 @@ class JobRunner:
         self.cursor = batch.cursor if batch.cursor is not None else self.cursor
         s.delivered += delivered
         self._count(batch, len(inserts), len(updates), unchanged, len(quarantine), 0)
+
+    def _hit_duplicates(
+        self,
+        rows: Sequence[Row],
+        hit_at: Sequence[int],
+        ids: Sequence[int | None],
+        lasts: dict[int, int | None],
+        claimed: dict[int, int],
+        seen_ids: list[int],
+        quarantine: list[_Q],
+    ) -> int:
+        """Fingerprint hits of a batch where some row is a duplicate, one by one in input order:
+        the first row of the input with a stored row wins; the others go to quarantine. Returns
+        the number of unchanged rows."""
+        run_ids = self.run_ids
+        unchanged = 0
+        for i, row_id in zip(hit_at, ids, strict=True):
+            assert row_id is not None
+            first = claimed.get(row_id)
+            if first is not None:
+                quarantine.append(self._duplicate_of(rows[i], rows[first]))
+                continue
+            earlier = self.seen.batch_of(row_id)
+            if earlier or lasts.get(row_id) in run_ids:
+                quarantine.append(self._duplicate(rows[i], earlier or self._inserted_by(row_id)))
+                continue
+            claimed[row_id] = i
+            seen_ids.append(row_id)
+            unchanged += 1
+        return unchanged
 
     def _count(self, batch: Batch, ins: int, upd: int, unch: int, quar: int, removed: int) -> None:
         s = self.summary
@@ -1135,20 +1218,81 @@ class JobRunner:
         with self._reading() as conn:
             return self.store.by_record_key(conn, self.job.source, keys)
 
-    def _fingerprints(self, rows: Sequence[Row]) -> list[bytes | None]:
+    def _fingerprints(self, batch: Batch) -> list[bytes | None]:
         """The rows' fingerprints (None for rows read with problems), or all None when this run
-        maps every row (a replay, a --full run)."""
+        maps every row (a replay, a --full run). Of the rows' source bytes when the connector
+        gives them (``Batch.raw``): no row is built for it."""
+        rows = batch.rows
         if self.fingerprinter is None:
             return [None] * len(rows)
+        raw = batch.raw
+        if raw is not None and len(raw.records) == len(rows):
+            # A row read with problems never has its fingerprint stored (it is quarantined), and
+            # equal bytes in the same form read with the same problems: it can never match.
+            return self.fingerprinter.many_raw(raw)
         return self.fingerprinter.many([None if r.problems else r.data for r in rows])
 
-    def _by_fingerprint(self, fingerprints: Sequence[bytes | None]) -> dict[bytes, Any]:
-        """fingerprint -> (id, last_run_id) of the stored rows carrying one of them."""
-        wanted = [fp for fp in fingerprints if fp is not None]
-        if not wanted or not self._match_fingerprints:
-            return {}
+    def _by_fingerprint(
+        self, fingerprints: Sequence[bytes | None]
+    ) -> tuple[list[int | None] | None, dict[int, int | None]]:
+        """The id of the present stored row carrying each fingerprint (None: no such row), or
+        None when nothing is looked up; and the last_run_id of those found rows that this run's
+        input may have written (the others were not).
+
+        A snapshot exported in the same order as before meets its stored rows in id order: the
+        stored rows after the last one matched (leaving out rows this run's input wrote) are
+        read as one window, in store order, and compared with the batch as a whole; only the
+        fingerprints not in it are looked up one by one. When the window holds less than half
+        of what is found (the export was reordered) or nothing (new rows) twice in a row, the
+        next batches look up one by one, and try a window again after WINDOW_BACKOFF batches."""
+        n = len(fingerprints)
+        if not self._match_fingerprints or fingerprints.count(None) == n:
+            return None, {}
+        ids_at: list[int | None] = [None] * n
+        lasts: dict[int, int | None] = {}
+        size = RowFingerprints.SIZE
         with self._reading() as conn:
-            return self.store.by_fingerprint(conn, self.job.source, wanted)
+            in_window = 0
+            windowed = not self._window_skip
+            if not windowed:
+                self._window_skip -= 1
+            else:
+                blob, ids = self.store.following(
+                    conn, self.job.source, self._window_after, n + n // 16 + 16, self.run_ids
+                )
+                if len(blob) != size * len(ids):  # a stored fingerprint of another size
+                    blob = b""
+                at = _aligned(blob, fingerprints, size) if blob else -1
+                if at >= 0:  # the batch is a stretch of the window, row for row
+                    ids_at = list(ids[at : at + n])
+                elif blob:
+                    parts = [blob[k : k + size] for k in range(0, len(blob), size)]
+                    index = dict(zip(parts, ids, strict=True))
+                    ids_at = [index.get(fp) if fp is not None else None for fp in fingerprints]
+                in_window = n - ids_at.count(None)
+            if in_window < n:
+                wanted = [fp for fp, rid in zip(fingerprints, ids_at, strict=True) if rid is None]
+                wanted = [fp for fp in wanted if fp is not None]
+                found = self.store.by_fingerprint(conn, self.job.source, wanted) if wanted else {}
+                if found:
+                    for i, fp in enumerate(fingerprints):
+                        if ids_at[i] is None and fp is not None and (hit := found.get(fp)):
+                            ids_at[i] = hit[0]
+                            lasts[hit[0]] = hit[1]
+        hits = n - ids_at.count(None)
+        if windowed:
+            if in_window * 2 >= max(hits, 1):
+                self._window_misses = 0
+            else:  # reordered, rows new to the store, or a jump (a block of rows gone)
+                self._window_misses += 1
+                if self._window_misses >= 2:  # not a jump: the next window is no better
+                    self._window_skip, self._window_misses = WINDOW_BACKOFF, 0
+        if hits:
+            # Carry on after where the input's last rows are stored: the median id of the last
+            # few found, so that a row stored elsewhere (new in the last run) does not lead.
+            last = list(itertools.islice((rid for rid in reversed(ids_at) if rid is not None), 9))
+            self._window_after = sorted(last)[len(last) // 2]  # type: ignore[type-var]
+        return (ids_at if hits else None), lasts
 
     def _duplicate_of(self, row: Row, first: Row) -> _Q:
         return _Q(

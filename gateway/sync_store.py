@@ -12,7 +12,7 @@ written them. Other dialects take the same statements through SQLAlchemy Core.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import bindparam, false, func, insert, select, text, update
@@ -164,6 +164,61 @@ class DatasetTable:
             ):
                 out[bytes(fp)] = (row_id, last_run)
         return out
+
+    def following(
+        self, conn: Connection, source: str, after: int, limit: int, skip_runs: Collection[int]
+    ) -> tuple[bytes, list[int]]:
+        """The next ``limit`` present rows of ``source`` with an id above ``after``, in id order,
+        leaving out rows last written by ``skip_runs``: (their fingerprints joined, 16 zero bytes
+        for none; their ids). A caller checks the length (a fingerprint is 16 bytes when the sync
+        wrote it; anything else makes the window unusable, not wrong). The stored rows a snapshot exported in the same order as
+        before meets next, read in one aggregate (no Python object per row) through the primary
+        key (SQLite: ``+source`` keeps the planner off the fingerprint index, which would read
+        every row of the source and sort them). Fingerprints and ids come from one pass of the
+        aggregate, so they pair up whatever order it takes (SQLite 3.40 has no ORDER BY inside
+        group_concat; it follows the subquery's order)."""
+        runs = sorted(skip_runs) or [0]
+        if self.driver == "sqlite":
+            sql = (
+                "SELECT CAST(group_concat(coalesce(fingerprint, zeroblob(16)), '') AS BLOB), "
+                "group_concat(id) FROM ("
+                f"SELECT id, fingerprint FROM {self.name} WHERE +source = ? AND +removed = 0 "
+                f"AND id > ? AND coalesce(last_run_id, 0) NOT IN ({', '.join('?' * len(runs))}) "
+                "ORDER BY id LIMIT ?)"
+            )
+            with self._cursor(conn) as cur:
+                cur.execute(sql, (source, after, *runs, limit))
+                blob, ids = cur.fetchone()
+            return (blob, list(map(int, ids.split(",")))) if ids else (b"", [])
+        if self.driver == "postgresql":
+            sql = (
+                "SELECT string_agg(coalesce(fingerprint, "
+                "'\\x00000000000000000000000000000000'::bytea), ''::bytea ORDER BY id), "
+                f"array_agg(id ORDER BY id) FROM (SELECT id, fingerprint FROM {self.name} "
+                "WHERE source = %s AND removed = false AND id > %s "
+                "AND coalesce(last_run_id, 0) <> ALL(%s) ORDER BY id LIMIT %s) w"
+            )
+            with self._cursor(conn) as cur:
+                cur.execute(sql, (source, after, runs, limit))
+                blob, ids = cur.fetchone()
+            return (bytes(blob), list(ids)) if ids else (b"", [])
+        t = self.table
+        stmt = (
+            select(t.c.fingerprint, t.c.id)
+            .where(
+                t.c.source == source,
+                t.c.removed == false(),
+                t.c.id > after,
+                func.coalesce(t.c.last_run_id, 0).not_in(runs),
+            )
+            .order_by(t.c.id)
+            .limit(limit)
+        )
+        fps, ids = [], []
+        for fp, row_id in conn.execute(stmt):
+            fps.append(bytes(16) if fp is None else bytes(fp))
+            ids.append(row_id)
+        return b"".join(fps), ids
 
     def any_present(self, conn: Connection, source: str) -> bool:
         """Whether any row of ``source`` is present (not removed)."""

@@ -9,6 +9,7 @@ file with the same content counts as read; a changed file is new content and is 
 
 from __future__ import annotations
 
+import bisect
 import glob
 import hashlib
 import os
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway import ids
-from gateway.connectors import Batch, ConnectorContext, Row
+from gateway.connectors import Batch, ConnectorContext, LazyRows, RawRecords, Row
 from gateway.errors import ConfigError, SourceError
 
 CHUNK = 1 << 18  # bytes per read when hashing and checking a file's encoding
@@ -157,6 +158,106 @@ def read_files(
         seen.add(sha)
     if batch or len(done) > started_with:
         yield Batch(batch, {"done": done, "file": None})
+
+
+class RawRows(LazyRows):
+    """Rows kept as their source bytes until asked for (``LazyRows``), with the ``RawRecords``
+    view the sync fingerprints. A file reader appends blocks of records with their ``form``
+    (whatever its ``build`` needs to turn bytes into rows: the file's name, header, encoding)."""
+
+    def __init__(self) -> None:
+        self.records: list[bytes] = []
+        self.lines: list[int] = []  # where each record starts (1-based line), for positions
+        self.parts: list[tuple[int, Any]] = []  # (first index, form) ascending
+        self._built: dict[int, Row] = {}
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def add(
+        self, form: Any, records: list[bytes], lines: list[int], built: list[Row] | None = None
+    ) -> None:
+        if not self.parts or self.parts[-1][1] is not form:
+            self.parts.append((len(self.records), form))
+        if built is not None:  # rows that were read as rows already
+            self._built.update(enumerate(built, len(self.records)))
+        self.records += records
+        self.lines += lines
+
+    def raw(self) -> RawRecords:
+        return RawRecords(self.records, [(start, form.form) for start, form in self.parts])
+
+    def take(self, indexes: Iterable[int]) -> list[Row]:
+        built = self._built
+        indexes = list(indexes)
+        todo = sorted({i for i in indexes if i not in built}) if built else sorted(set(indexes))
+        if todo:
+            starts = [start for start, _ in self.parts]
+            k = 0
+            while k < len(todo):
+                part = bisect.bisect_right(starts, todo[k]) - 1
+                end = starts[part + 1] if part + 1 < len(starts) else len(self.records)
+                stop = bisect.bisect_left(todo, end, k)
+                group = todo[k:stop]
+                form = self.parts[part][1]
+                rows = form.build([self.records[i] for i in group], [self.lines[i] for i in group])
+                built.update(zip(group, rows, strict=True))
+                k = stop
+        return [built[i] for i in indexes]
+
+
+# (form, records, their first lines, the reader's mark after each record, the rows when they are
+# built already, else None): a piece of one file.
+Block = tuple[Any, list[bytes], list[int], list[Any], list[Row] | None]
+
+
+def read_files_raw(
+    files: Iterable[Path],
+    cursor: Mapping[str, Any] | None,
+    batch_size: int,
+    file_digest: Callable[[Path], str],
+    file_blocks: Callable[[Path, Where | None], Iterator[Block]],
+    where_of: Callable[[Any], Where],
+) -> Iterator[Batch]:
+    """``read_files`` for readers that give blocks of raw records: batches of ``RawRows`` (rows
+    built only when the sync asks for them) with their ``RawRecords``; the same cursor."""
+    if batch_size < 1:
+        raise ValueError("batch_size must be at least 1")
+    cursor = dict(cursor or {})
+    done: list[str] = list(cursor.get("done", []))
+    seen = set(done)
+    started_with = len(done)
+    resume_file = cursor.get("file")
+    resume_where = {k: v for k, v in cursor.items() if k not in ("done", "file")}
+    rows = RawRows()
+    for path in files:
+        sha = file_digest(path)
+        if sha in seen:
+            continue
+        mark: Any = None  # None: the start of this file
+        for form, records, lines, marks, built in file_blocks(
+            path, resume_where if sha == resume_file else None
+        ):
+            k, n = 0, len(records)
+            while k < n:
+                if len(rows) >= batch_size:
+                    where = where_of(mark) if mark is not None else {}
+                    yield Batch(rows, {"done": list(done), "file": sha, **where}, rows.raw())
+                    rows = RawRows()
+                take = min(n - k, batch_size - len(rows))
+                if k == 0 and take == n:
+                    rows.add(form, records, lines, built)
+                else:
+                    part = slice(k, k + take)
+                    rows.add(
+                        form, records[part], lines[part], None if built is None else built[part]
+                    )
+                k += take
+                mark = marks[k - 1]
+        done.append(sha)
+        seen.add(sha)
+    if len(rows) or len(done) > started_with:
+        yield Batch(rows, {"done": done, "file": None}, rows.raw())
 
 
 def atomic_replace(path: Path, context: ConnectorContext, write: Callable[[Path], None]) -> None:

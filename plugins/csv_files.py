@@ -16,8 +16,11 @@ from __future__ import annotations
 import codecs
 import csv
 import datetime as dt
+import io
 import itertools
+import json
 import logging
+import operator
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,6 +28,7 @@ from typing import Any
 from gateway.connectors import Batch, Connector, ConnectorContext, Row, WriteResult
 from gateway.errors import ConfigError, SourceError
 from gateway.hookspecs import hookimpl
+from gateway.protect import row_text
 
 from . import _files
 
@@ -79,6 +83,9 @@ class CsvConnector(Connector):
         self.base_dir = Path(context.base_dir).resolve()
         # file name -> the encoding it was read with (auto detection reports what it found here)
         self.detected: dict[str, str] = {}
+        # Batches of rows kept as their bytes until the sync asks for them (_files.RawRows), with
+        # the bytes for fingerprints; False gives plain lists of rows (each row built as read).
+        self.raw = True
 
     # --- reading -------------------------------------------------------------------------------
 
@@ -93,7 +100,20 @@ class CsvConnector(Connector):
         def file_items(path: Path, resume: _files.Where | None) -> Iterator[_files.Item]:
             return self._rows(path, encodings[path], int((resume or {}).get("row", 0)))
 
-        yield from _files.read_files(files, cursor, batch_size, file_digest, file_items, _row_where)
+        def file_blocks(path: Path, resume: _files.Where | None) -> Iterator[_files.Block]:
+            skip = int((resume or {}).get("row", 0))
+            if _raw_safe(encodings[path], self.delimiter, self.quotechar):
+                return self._raw_blocks(path, encodings[path], skip)
+            return _blocks(self._rows(path, encodings[path], skip))
+
+        if self.raw:
+            yield from _files.read_files_raw(
+                files, cursor, batch_size, file_digest, file_blocks, _row_where
+            )
+        else:
+            yield from _files.read_files(
+                files, cursor, batch_size, file_digest, file_items, _row_where
+            )
 
     def _name(self, path: Path) -> str:
         return _files.display(path, self.base_dir)
@@ -181,6 +201,100 @@ class CsvConnector(Connector):
                     system,
                     f"{name}:{reader.line_num + 1}",
                     f"cannot be decoded as {encoding}: {exc.reason}",
+                ) from None
+            except OSError as exc:
+                raise _files.unreadable(path, self.context, exc) from None
+
+    def _raw_blocks(self, path: Path, encoding: str, skip: int) -> Iterator[_files.Block]:
+        """The rows of one file as raw records, without parsing them: a line holding no quote
+        character is one CSV record (the csv module ends an unquoted record at its line end), so
+        its bytes are the record; a line with a quote character is parsed by the csv module,
+        pulling in as many lines as its record spans. Blank records are left out exactly as
+        ``_rows`` leaves them out. Positions and the cursor (``row``: records after the header)
+        are the same as ``_rows`` gives."""
+        name = self._name(path)
+        system = self.context.system
+        delimiter, quote = self.delimiter, self.quotechar
+        qb = quote.encode("ascii")
+        sure = _sure_bytes(delimiter, quote)
+        try:
+            f = path.open("rb")
+        except OSError as exc:
+            raise _files.unreadable(path, self.context, exc) from None
+        src = _Lines(f, qb)
+        taken: list[bytes] = []
+        pushed: list[bytes] = []
+        decode = codecs.getincrementaldecoder(encoding)(errors="strict").decode
+
+        def feed() -> Iterator[str]:
+            while True:
+                line = pushed.pop() if pushed else src.next()
+                if line is None:
+                    return
+                taken.append(line)
+                yield decode(line)
+
+        reader = csv.reader(feed(), delimiter=delimiter, quotechar=quote)
+        with f:
+            try:
+                header = self._header(reader, name)
+                form = _CsvForm(name, header, _line_codec(encoding), delimiter, quote, system)
+                width = len(header)
+                consumed = 0
+                while src.ready():
+                    first = src.number + 1  # the line number of the next line
+                    records: list[bytes] = []
+                    lines: list[int] = []
+                    marks: list[int] = []
+                    if not src.quoted:
+                        chunk = src.rest()
+                        if consumed < skip:
+                            drop = min(skip - consumed, len(chunk))
+                            consumed += drop
+                            first += drop
+                            chunk = chunk[drop:]
+                        heads = bytes(map(_FIRST, chunk))
+                        if not heads.translate(None, sure):  # no line can be blank
+                            records = chunk
+                            lines = list(range(first, first + len(chunk)))
+                            marks = list(range(consumed + 1, consumed + len(chunk) + 1))
+                            consumed += len(chunk)
+                        else:
+                            for line_no, line in enumerate(chunk, first):
+                                consumed += 1
+                                if line[0] in sure or not form.blank(line, width):
+                                    records.append(line)
+                                    lines.append(line_no)
+                                    marks.append(consumed)
+                    else:
+                        for line in src.rest_of_chunk():
+                            line_no = src.number
+                            if qb in line:
+                                taken.clear()
+                                pushed.append(line)
+                                fields = next(reader)
+                                record = b"".join(taken)
+                                blank = not (len(fields) == width and any(fields)) and not (
+                                    "".join(fields).strip()
+                                )
+                            else:
+                                record = line
+                                blank = line[0] not in sure and form.blank(line, width)
+                            consumed += 1
+                            if blank or consumed <= skip:
+                                continue
+                            records.append(record)
+                            lines.append(line_no)
+                            marks.append(consumed)
+                    if records:
+                        yield form, records, lines, marks, None
+            except csv.Error as exc:
+                raise SourceError(
+                    system, f"{name}:{src.number}", f"malformed CSV: {_files.scrub(str(exc))}"
+                ) from None
+            except UnicodeDecodeError as exc:  # the file changed after it was checked
+                raise SourceError(
+                    system, f"{name}:{src.number}", f"cannot be decoded as {encoding}: {exc.reason}"
                 ) from None
             except OSError as exc:
                 raise _files.unreadable(path, self.context, exc) from None
@@ -312,6 +426,176 @@ class CsvConnector(Connector):
                         f"{name}:{line}",
                         f"the value of {column!r} has characters that {encoding} cannot encode",
                     ) from None
+
+
+# -- raw records (rows kept as bytes until the sync asks for them) ----------------------------------
+
+# Encodings in which the bytes of "\r", "\n" and of the ASCII characters ``safe`` allows never
+# occur inside a multi-byte character, so lines and quote characters can be found in the bytes.
+_GB_SAFE = frozenset(range(0x30)) | frozenset(range(0x3A, 0x40))  # no GBK/GB18030 trail byte
+_RAW_CODECS: dict[str, frozenset[int]] = {
+    "utf-8": frozenset(range(0x80)),
+    "utf-8-sig": frozenset(range(0x80)),
+    "ascii": frozenset(range(0x80)),
+    "gb18030": _GB_SAFE,
+    "gbk": _GB_SAFE,
+}
+_WHITESPACE = frozenset(b for b in range(0x80) if chr(b).isspace())
+_FIRST = operator.itemgetter(0)
+
+
+def _raw_safe(encoding: str, delimiter: str, quotechar: str) -> bool:
+    safe = _RAW_CODECS.get(codecs.lookup(encoding).name)
+    return safe is not None and all(ord(c) in safe for c in (delimiter, quotechar))
+
+
+def _line_codec(encoding: str) -> str:
+    """The codec a data line decodes with (a BOM only ever starts the file)."""
+    name = codecs.lookup(encoding).name
+    return "utf-8" if name == "utf-8-sig" else name
+
+
+def _sure_bytes(delimiter: str, quotechar: str) -> bytes:
+    """First bytes that make a line a row: an ASCII character that is neither whitespace nor the
+    delimiter (a line starts on a character boundary, so the byte is that character)."""
+    skip = {ord(delimiter), ord(quotechar)} | _WHITESPACE
+    return bytes(b for b in range(0x80) if b not in skip)
+
+
+class _Lines:
+    """A binary file's lines, read a chunk at a time and split the way a text file opened with
+    ``newline=""`` splits them ("\n", "\r\n" or "\r" ends a line), counting the lines handed
+    out. ``quoted``: whether the current chunk holds the quote character at all."""
+
+    def __init__(self, f: Any, quote: bytes):
+        self.f, self.quote = f, quote
+        self.buf: list[bytes] = []
+        self.pos = 0
+        self.carry = b""
+        self.eof = False
+        self.quoted = False
+        self.number = 0
+
+    def _fill(self) -> bool:
+        while not self.eof:
+            chunk = self.f.read(_files.CHUNK)
+            if chunk:
+                data = self.carry + chunk if self.carry else chunk
+                lines = data.splitlines(True)
+                self.carry = lines.pop()  # may be cut, or a "\r" whose "\n" comes next
+            else:
+                self.eof = True
+                data, self.carry = self.carry, b""
+                lines = data.splitlines(True)
+            self.buf, self.pos = lines, 0
+            self.quoted = self.quote in data
+            if lines:
+                return True
+        return False
+
+    def ready(self) -> bool:
+        return self.pos < len(self.buf) or self._fill()
+
+    def next(self) -> bytes | None:
+        if self.pos >= len(self.buf) and not self._fill():
+            return None
+        line = self.buf[self.pos]
+        self.pos += 1
+        self.number += 1
+        return line
+
+    def rest(self) -> list[bytes]:
+        """The current chunk's lines not handed out yet, all at once."""
+        lines = self.buf[self.pos :] if self.pos else self.buf
+        self.pos = len(self.buf)
+        self.number += len(lines)
+        return lines
+
+    def rest_of_chunk(self) -> Iterator[bytes]:
+        """The current chunk's lines one by one (others may take lines in between)."""
+        buf = self.buf
+        while self.buf is buf and self.pos < len(buf):
+            line = buf[self.pos]
+            self.pos += 1
+            self.number += 1
+            yield line
+
+
+class _CsvForm:
+    """How the raw records of one file become rows: its name (positions), header, encoding and
+    dialect. ``form`` is what a fingerprint of the bytes is bound to."""
+
+    def __init__(
+        self, name: str, header: list[str], codec: str, delimiter: str, quote: str, system: str
+    ):
+        self.name, self.header, self.codec = name, header, codec
+        self.delimiter, self.quote, self.system = delimiter, quote, system
+        self.form = json.dumps(["csv", codec, delimiter, quote, header], ensure_ascii=False)
+
+    def blank(self, line: bytes, width: int) -> bool:
+        """Whether an unquoted line is left out as ``_rows`` leaves it out (no data)."""
+        text = line.decode(self.codec).rstrip("\r\n")
+        fields = text.split(self.delimiter) if text else []
+        return not (len(fields) == width and any(fields)) and not "".join(fields).strip()
+
+    def build(self, records: list[bytes], lines: list[int]) -> list[Row]:
+        """The rows of ``records`` (whole CSV records of this file), as ``_rows`` makes them."""
+        name, header = self.name, self.header
+        width = len(header)
+        codec = self.codec
+        try:
+            # The records one after the other, decoded at once and split into lines as a text
+            # file splits them (only a file's last record can lack a line end: it comes last).
+            text = io.StringIO(b"".join(records).decode(codec), newline="")
+            parsed = csv.reader(text, delimiter=self.delimiter, quotechar=self.quote)
+            out = []
+            for fields, line in zip(parsed, lines, strict=True):
+                if len(fields) == width and any(fields):
+                    out.append(Row(f"{name}:{line}", dict(zip(header, fields))))  # noqa: B905
+                else:
+                    out.append(CsvConnector._misshapen(f"{name}:{line}", header, fields))
+        except csv.Error as exc:
+            raise SourceError(
+                self.system, name, f"malformed CSV: {_files.scrub(str(exc))}"
+            ) from None
+        except UnicodeDecodeError as exc:  # the file changed after it was checked
+            raise SourceError(
+                self.system, name, f"cannot be decoded as {codec}: {exc.reason}"
+            ) from None
+        return out
+
+
+def _blocks(items: Iterator[_files.Item], size: int = 4096) -> Iterator[_files.Block]:
+    """Rows read the ordinary way (an encoding whose bytes cannot be split, such as UTF-16), as
+    blocks of built rows whose records are the rows' unambiguous text (protect.row_text)."""
+    rows: list[Row] = []
+    marks: list[Any] = []
+    for row, mark in items:
+        if row is not None:
+            rows.append(row)
+            marks.append(mark)
+            if len(rows) >= size:
+                yield _built_block(rows, marks)
+                rows, marks = [], []
+    if rows:
+        yield _built_block(rows, marks)
+
+
+def _built_block(rows: list[Row], marks: list[Any]) -> _files.Block:
+    records = [row_text(r.data).encode("utf-8", "surrogatepass") for r in rows]
+    return _BUILT, records, [0] * len(rows), marks, rows
+
+
+class _BuiltForm:
+    """The form of records that are the text of rows built as they were read."""
+
+    form = json.dumps(["csv-rows"])
+
+    def build(self, records: list[bytes], lines: list[int]) -> list[Row]:
+        raise AssertionError("rows read as text are built already")
+
+
+_BUILT = _BuiltForm()
 
 
 def _row_where(consumed: int) -> _files.Where:

@@ -381,6 +381,83 @@ def test_reading_streams_instead_of_loading_the_file(tmp_path: Path) -> None:
     assert large < size / 2, (large, size)
 
 
+# --- rows kept as their bytes --------------------------------------------------------------------
+
+
+def _tricky_csv(seed: int, delimiter: str, eol: str) -> str:
+    """A file with what CSV exports hold: blank lines, lines of delimiters or spaces only (one of
+    them as wide as the header), quoted fields with delimiters, quotes and line breaks, rows with
+    too few or too many fields, a last line without a line end."""
+    import random
+
+    rnd = random.Random(seed)
+    values = ["110105201003040013", "", " ", "王,小明", '李"吉', "多\n行", "a\r\nb", "河西村"]
+    buf = io.StringIO(newline="")
+    w = csv.writer(buf, delimiter=delimiter, lineterminator=eol)
+    w.writerow(["id", "name", "sex", "village"])
+    for _ in range(rnd.randint(30, 120)):
+        kind = rnd.random()
+        if kind < 0.08:
+            buf.write(eol)
+        elif kind < 0.14:
+            buf.write(delimiter * rnd.randint(0, 5) + eol)
+        elif kind < 0.18:
+            buf.write(" " + delimiter + "  " + delimiter + " " + delimiter + eol)
+        elif kind < 0.21:
+            buf.write("\u3000" + delimiter + eol)
+        else:
+            width = 4 if kind > 0.26 else rnd.choice([3, 5])
+            w.writerow([rnd.choice(values) for _ in range(width)])
+    text = buf.getvalue()
+    return text.rstrip("\r\n") if seed % 3 == 0 else text
+
+
+@pytest.mark.parametrize("encoding", ["utf-8", "utf-8-sig", "gb18030", "gbk", "utf-16"])
+@pytest.mark.parametrize(("delimiter", "eol"), [(",", "\r\n"), ("\t", "\n"), (";", "\r")])
+def test_rows_kept_as_bytes_are_the_rows_read_as_text(
+    tmp_path: Path, encoding: str, delimiter: str, eol: str
+) -> None:
+    """The sync gets batches whose rows are built only when asked for (from the bytes of each
+    record, which it fingerprints): the same rows, positions, problems and cursors as reading
+    every row as text, resuming from any batch too."""
+    for seed in range(8):
+        text = _tricky_csv(seed, delimiter, eol)
+        if encoding == "gbk":
+            text = text.replace("\u3000", "　")
+        drop(tmp_path, f"t{seed}.csv", text.encode(encoding))
+        c = connector(tmp_path, f"inbox/t{seed}.csv", delimiter=delimiter)
+        plain = connector(tmp_path, f"inbox/t{seed}.csv", delimiter=delimiter)
+        plain.raw = False
+        batches = list(c.read(batch_size=7))
+        expected = list(plain.read(batch_size=7))
+        got = [(r.position, r.data, r.problems) for b in batches for r in b.rows]
+        assert got == [(r.position, r.data, r.problems) for b in expected for r in b.rows]
+        for b in batches:
+            assert b.raw is not None and len(b.raw.records) == len(b.rows)
+        for b in batches[:-1]:
+            rest = [(r.position, r.data) for r in read_all(c, b.cursor, batch_size=5)]
+            assert rest == [(r.position, r.data) for r in read_all(plain, b.cursor, batch_size=5)]
+
+
+def test_equal_rows_have_equal_bytes_and_forms(tmp_path: Path) -> None:
+    """What a fingerprint of the bytes relies on: the same line in the same form (header,
+    encoding, dialect) is the same row; another header or encoding is another form."""
+    rows = [["1", "张三"], ["2", "李四"], ["1", "张三"]]
+    drop(tmp_path, "a.csv", csv_bytes(["id", "name"], rows, "utf-8"))
+    drop(tmp_path, "b.csv", csv_bytes(["id", "name"], rows, "gb18030"))
+    drop(tmp_path, "c.csv", csv_bytes(["name", "id"], [r[::-1] for r in rows], "utf-8"))
+    [batch] = list(connector(tmp_path, "inbox/*.csv").read(batch_size=100))
+    assert batch.raw is not None
+    records, forms = batch.raw.records, dict(batch.raw.forms)
+    assert sorted(forms) == [0, 3, 6] and len(set(forms.values())) == 3
+    assert records[0] == records[2] and records[0] != records[1]
+    assert [r.data for r in batch.rows[:3]] == [{"id": i, "name": n} for i, n in rows]
+    # The rows behave as the list they used to be.
+    listed = list(batch.rows)
+    assert batch.rows[::-1] == listed[::-1] and batch.rows[-1] is listed[-1]
+    assert batch.rows + [] == listed and len(batch.rows) == 9 and batch.rows == listed
+
+
 # --- writing -----------------------------------------------------------------------------------
 
 
