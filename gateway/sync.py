@@ -519,6 +519,12 @@ class JobRunner:
             with self.site.engine.connect() as conn:
                 self._match_fingerprints = self.store.any_present(conn, self.job.source)
         if not self.dry_run:
+            # A bulk load killed before its end left the table's plain indexes out: build them
+            # before anything reads (this run's fingerprint look-ups, match, the API).
+            with self.site.engine.begin() as conn:
+                rebuilt = self.store.create_missing_indexes(conn)
+            if rebuilt:
+                log.info("job %s: built indexes %s", self.job.name, ", ".join(rebuilt))
             with self.site.engine.connect() as conn:
                 counts = self.store.planner_rows(conn)
             if counts is not None:
@@ -639,7 +645,7 @@ class JobRunner:
             self.progress.start(s)
         try:
             if not self.reading_done:
-                with self._work_connection(), _quiet_gc():
+                with self._bulk_load(), self._work_connection(), _quiet_gc():
                     self._read_all(connector)
             if self.lease is not None and self.lease.lost.is_set():
                 self._finish("failed")
@@ -1073,6 +1079,41 @@ class JobRunner:
                 yield
             finally:
                 self._conn = None
+
+    @contextlib.contextmanager
+    def _bulk_load(self) -> Iterator[None]:
+        """A first ingest into a table holding nothing of the source (SQLite): its plain indexes
+        (subject key, fingerprint, area code, ...) are dropped while the batches are written and
+        built once at the end, before removals, match or the API read them. This run reads none
+        of them meanwhile: no fingerprint can match, and look-ups by record key read the unique
+        (source, record_key) index, which stays. Killed in between: the next run builds them
+        first (``_start``)."""
+        if self.dry_run:
+            yield
+            return
+        with self.site.engine.begin() as conn:
+            bulk = self.store.can_bulk_load(conn, self.job.source)
+            if bulk:
+                self.store.drop_deferred_indexes(conn)
+        if not bulk:
+            yield
+            return
+        try:
+            yield
+        except BaseException:
+            try:
+                with self.site.engine.begin() as conn:
+                    self.store.create_missing_indexes(conn)
+            except SQLAlchemyError as exc:  # the next run builds them
+                log.warning(
+                    "job %s: indexes of %s not rebuilt: %s",
+                    self.job.name,
+                    self.table.name,
+                    _first_line(exc),
+                )
+            raise
+        with self.site.engine.begin() as conn:
+            self.store.create_missing_indexes(conn)
 
     @contextlib.contextmanager
     def _reading(self) -> Iterator[Connection]:

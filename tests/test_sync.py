@@ -320,3 +320,76 @@ def test_quiet_gc_is_restored_by_the_last_run_out():
     assert gc.get_threshold()[0] >= 10_000
     second.__exit__(None, None, None)
     assert gc.get_threshold() == before and gc.get_freeze_count() == 0
+
+
+def _plain_indexes(site) -> set[str]:
+    names = {ix["name"] for ix in sa.inspect(site.engine).get_indexes("residents")}
+    return {n for n in names if n in _PLAIN}
+
+
+_PLAIN = {"ix_residents_subject_key", "ix_residents_area_code", "ix_residents_fingerprint"}
+
+
+def test_first_ingest_builds_plain_indexes_once_at_its_end(make_site, urls, monkeypatch):
+    from gateway.sync_store import DatasetTable
+
+    write_source(urls[0], people(300))
+    site = _site(make_site, urls, batch_size=100)
+    during: list[set[str]] = []
+    insert = DatasetTable.insert
+
+    def spy(self, conn, columns):
+        during.append(_plain_indexes(site))
+        return insert(self, conn, columns)
+
+    monkeypatch.setattr(DatasetTable, "insert", spy)
+    first = run_job(site, "residents")
+    assert first.inserted == 300 and len(during) == 3
+    # SQLite: a first ingest writes without its plain indexes; PostgreSQL keeps them.
+    assert all(d == (set() if site.engine.dialect.name == "sqlite" else _PLAIN) for d in during)
+    assert _plain_indexes(site) == _PLAIN
+    # A later run into rows of the source keeps them all the way.
+    during.clear()
+    write_source(urls[0], people(350))
+    again = run_job(site, "residents")
+    assert again.inserted == 50 and during and all(d == _PLAIN for d in during)
+    assert _plain_indexes(site) == _PLAIN
+
+
+def test_next_run_builds_the_indexes_a_killed_bulk_load_left_out(make_site, urls):
+    write_source(urls[0], people(120))
+    site = _site(make_site, urls)
+    run_job(site, "residents")
+    if site.engine.dialect.name != "sqlite":
+        pytest.skip("bulk loads drop indexes on SQLite only")
+    with site.engine.begin() as conn:  # what a bulk load killed before its end leaves
+        for name in sorted(_PLAIN):
+            conn.exec_driver_sql(f"DROP INDEX {name}")
+    again = run_job(site, "residents")
+    assert again.unchanged == 120
+    assert _plain_indexes(site) == _PLAIN
+
+
+def test_failed_bulk_load_still_builds_its_indexes(make_site, urls, monkeypatch):
+    from gateway import sync
+
+    write_source(urls[0], people(300))
+    site = _site(make_site, urls, batch_size=100)
+    calls = 0
+    original = sync.JobRunner._batch
+
+    def failing(self, batch):
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise sa.exc.OperationalError("INSERT", {}, Exception("disk I/O error"))
+        return original(self, batch)
+
+    monkeypatch.setattr(sync.JobRunner, "_batch", failing)
+    with pytest.raises(SyncFailed):
+        run_job(site, "residents")
+    assert _plain_indexes(site) == _PLAIN
+    monkeypatch.setattr(sync.JobRunner, "_batch", original)
+    resumed = run_job(site, "residents")
+    assert (resumed.resumed_from, resumed.read, resumed.inserted) == (1, 200, 200)
+    assert len(_stored(site)) == 300
