@@ -399,6 +399,10 @@ def _errors_message(errors: Sequence[Any]) -> str:
     return "; ".join(f"{e.field}: {e.message}" for e in errors)
 
 
+# The hash of a record key in a bulk load's temporary table (a 64-bit int; tests replace it to
+# make keys collide).
+_key_hash: Callable[[str], int] = hash
+
 _gc_lock = threading.Lock()
 _gc_users = 0
 _gc_saved: tuple[int, ...] = ()
@@ -468,6 +472,9 @@ class JobRunner:
         self._stats_rows: int | None = None
         self._grown = 0
         self._conn: Connection | None = None  # the batches' connection while reading
+        # Bulk load (``_bulk_load``): the table's natural-key index is away, so this run finds its
+        # own earlier rows by the hash of their record key in a temporary table instead.
+        self._bulk_keys = False
         self.mapper = job.mapper
         self.snapshot = job.settings.mode == "snapshot"
         self.seen = SeenIds()
@@ -863,6 +870,8 @@ class JobRunner:
                 )
                 store.insert(conn, columns)
                 inserted_upto = conn.execute(select(func.max(self.table.c.id))).scalar_one()
+                if self._bulk_keys:
+                    store.bulk_keys_add(conn, [_key_hash(rk) for rk, *_ in inserts], this_batch)
             if updates:
                 columns = rp.stored_batch(
                     [rec for _, _, rec, _, _, _ in updates], [sk for _, _, _, sk, _, _ in updates]
@@ -1073,22 +1082,33 @@ class JobRunner:
         it). Between batches it holds no transaction."""
         with self.site.engine.connect() as conn:
             self.store.tune(conn)
+            if self._bulk_keys:
+                self.store.bulk_keys_drop(conn)  # a pooled connection's, from a failed run
+                self.store.bulk_keys_create(conn)
             conn.commit()
             self._conn = conn
             try:
                 yield
             finally:
                 self._conn = None
+                if conn.in_transaction():
+                    conn.rollback()
+                with contextlib.suppress(SQLAlchemyError):  # it goes with the connection anyway
+                    self.store.bulk_keys_drop(conn)
+                    conn.commit()
 
     @contextlib.contextmanager
     def _bulk_load(self) -> Iterator[None]:
-        """A first ingest into a table holding nothing of the source (SQLite): its plain indexes
-        (subject key, fingerprint, area code, ...) are dropped while the batches are written and
-        built once at the end, before removals, match or the API read them. This run reads none
-        of them meanwhile: no fingerprint can match, and look-ups by record key read the unique
-        (source, record_key) index, which stays. Killed in between: the next run builds them
-        first (``_start``)."""
-        if self.dry_run:
+        """A first ingest into a table holding nothing of the source (SQLite): the table's indexes
+        (natural key, subject key, fingerprint, area code, ...) are dropped while the batches are
+        written and built once at the end (sorted, instead of a random insert per row and index
+        that every commit writes to the WAL), before removals, match or the API read them; after
+        a failure too. Killed in between: the next run of any job on the table builds them
+        first (``_start``). Meanwhile this run reads none of them: no fingerprint can match, and
+        its own earlier rows (a later duplicate) are found through ``_bulk_existing``. Not taken
+        when another job writes the same source into the same table: nothing would keep the two
+        from storing one record key twice."""
+        if self.dry_run or self._shares_source():
             yield
             return
         with self.site.engine.begin() as conn:
@@ -1098,6 +1118,7 @@ class JobRunner:
         if not bulk:
             yield
             return
+        self._bulk_keys = True
         try:
             yield
         except BaseException:
@@ -1112,8 +1133,62 @@ class JobRunner:
                     _first_line(exc),
                 )
             raise
+        finally:
+            self._bulk_keys = False
         with self.site.engine.begin() as conn:
             self.store.create_missing_indexes(conn)
+
+    def _shares_source(self) -> bool:
+        """Whether another configured job writes this job's source into the same dataset."""
+        for name, other in self.site.settings.jobs.items():
+            if name == self.job.name or other.source != self.job.source:
+                continue
+            try:
+                if _job_dataset(self.site, other) == self.job.dataset:
+                    return True
+            except ConfigError:
+                return True
+        return False
+
+    def _bulk_existing(self, keys: Sequence[str]) -> dict[str, Found] | None:
+        """``_existing`` during a bulk load: rows an earlier batch of this run inserted, found by
+        their key's hash in the temporary table, then read by id within that batch's id range
+        (exactly: a hash is not a key). None when two keys share a hash (about once in 10^10
+        runs of a million rows): the run then builds the natural-key index and looks up as
+        usual from there on."""
+        hashes = {_key_hash(k): k for k in keys}
+        if len(hashes) < len(keys):
+            self._end_bulk_keys()
+            return None
+        with self._reading() as conn:
+            hits = self.store.bulk_keys_hits(conn, list(hashes))
+            out: dict[str, Found] = {}
+            bounds = self.insert_bounds
+            for h, batch in hits:
+                key = hashes[h]
+                j = next((j for j, (_, b) in enumerate(bounds) if b == batch), None)
+                found = None
+                if j is not None:
+                    after = bounds[j - 1][0] if j > 0 else 0
+                    found = self.store.by_record_key_between(
+                        conn, self.job.source, key, after, bounds[j][0]
+                    )
+                if found is None:  # another key with the same hash
+                    break
+                out[key] = found
+            else:
+                return out
+        self._end_bulk_keys()
+        return None
+
+    def _end_bulk_keys(self) -> None:
+        """Leave the hash look-ups: build the natural-key index now (the run has written no key
+        twice) and drop the temporary table; the plain indexes still wait for the end."""
+        with self._writing() as session:
+            conn = session.connection()
+            self.store.create_missing_indexes(conn, unique=True)
+            self.store.bulk_keys_drop(conn)
+        self._bulk_keys = False
 
     @contextlib.contextmanager
     def _reading(self) -> Iterator[Connection]:
@@ -1173,6 +1248,10 @@ class JobRunner:
         among ``keys``."""
         if not keys:
             return {}
+        if self._bulk_keys:
+            found = self._bulk_existing(keys)
+            if found is not None:
+                return found
         with self._reading() as conn:
             return self.store.by_record_key(conn, self.job.source, keys)
 

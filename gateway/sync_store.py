@@ -29,10 +29,14 @@ LOOKUP_CHUNK = 2000
 # ~40% of the insert cost. Memory is taken only as pages are used.
 SQLITE_CACHE_KIB = 32768
 # Bulk load (SQLite): a run into a table holding no row of its source, and at most this many rows
-# of other sources, drops the table's plain (non-unique) indexes and builds them once at the end.
-# A batch's random keys would otherwise dirty most pages of each index, and every commit writes
-# them all to the WAL; building an index afterwards sorts once (100k rows: ~0.1 s per index).
+# of other sources, drops the table's indexes and builds them once at the end. A batch's random
+# keys would otherwise dirty most pages of each index, and every commit writes them all to the WAL;
+# building an index afterwards sorts once (100k rows: ~0.1 s per index).
 BULK_LOAD_MAX_OTHER_ROWS = 100_000
+# While the natural-key index is away, the run finds its own earlier rows through this temporary
+# table of the connection: (hash of the record key, the batch that inserted it), 8-byte keys in
+# the connection's temp store, never in the WAL.
+BULK_KEYS = "gateway_bulk_keys"
 
 # What a look-up by record key gives back per stored row.
 Found = tuple[int, str, bool, int | None, bytes | None]  # id, content_hash, removed, last_run, fp
@@ -96,12 +100,15 @@ class DatasetTable:
         if self.driver == "sqlite":
             conn.exec_driver_sql(f"PRAGMA cache_size = -{SQLITE_CACHE_KIB}")
 
-    # -- bulk load: plain indexes dropped during a first ingest, built once at its end ------------
+    # -- bulk load: indexes dropped during a first ingest, built once at its end -----------------
 
-    def deferred_indexes(self) -> list[Index]:
-        """The indexes a bulk load drops: every index of the table but the unique ones (the
-        (source, record_key) constraint stays: the run's look-up by record key reads it)."""
-        return sorted((ix for ix in self.table.indexes if not ix.unique), key=lambda ix: ix.name)
+    def deferred_indexes(self, unique: bool | None = None) -> list[Index]:
+        """The indexes a bulk load drops (all of the table's; ``unique``: only those that are, or
+        are not, unique), in a fixed order."""
+        return sorted(
+            (ix for ix in self.table.indexes if unique is None or bool(ix.unique) == unique),
+            key=lambda ix: ix.name,
+        )
 
     def can_bulk_load(self, conn: Connection, source: str) -> bool:
         """SQLite, no row of ``source`` stored (present or removed), few rows of other sources."""
@@ -120,7 +127,7 @@ class DatasetTable:
             conn.execute(DropIndex(index, if_exists=True))
 
     def missing_indexes(self, conn: Connection) -> list[str]:
-        """Names of the deferred indexes that do not exist (SQLite; elsewhere none are dropped)."""
+        """Names of the table's indexes that do not exist (SQLite; elsewhere none are dropped)."""
         if self.driver != "sqlite":
             return []
         have = set(
@@ -131,14 +138,63 @@ class DatasetTable:
         )
         return [ix.name for ix in self.deferred_indexes() if ix.name not in have]
 
-    def create_missing_indexes(self, conn: Connection) -> list[str]:
-        """Build the deferred indexes a bulk load (maybe a killed one) left out; returns their
-        names. Idempotent: IF NOT EXISTS, so two runs ending together do not collide."""
-        missing = self.missing_indexes(conn)
-        for index in self.deferred_indexes():
+    def create_missing_indexes(self, conn: Connection, unique: bool | None = None) -> list[str]:
+        """Build the indexes a bulk load (maybe a killed one) left out; returns their names.
+        Unique ones first: if one fails (duplicate keys, which the run never writes) nothing is
+        built. IF NOT EXISTS, so two runs ending together do not collide."""
+        missing = set(self.missing_indexes(conn))
+        built = []
+        for index in sorted(self.deferred_indexes(unique), key=lambda ix: not ix.unique):
             if index.name in missing:
                 conn.execute(CreateIndex(index, if_not_exists=True))
-        return missing
+                built.append(index.name)
+        return built
+
+    def bulk_keys_create(self, conn: Connection) -> None:
+        conn.exec_driver_sql(
+            f"CREATE TEMP TABLE IF NOT EXISTS {BULK_KEYS} "
+            "(h INTEGER PRIMARY KEY, batch INTEGER NOT NULL)"
+        )
+
+    def bulk_keys_drop(self, conn: Connection) -> None:
+        conn.exec_driver_sql(f"DROP TABLE IF EXISTS temp.{BULK_KEYS}")
+
+    def bulk_keys_add(self, conn: Connection, hashes: Sequence[int], batch: int) -> None:
+        """Remember the hashes of the record keys ``batch`` inserted (in its transaction)."""
+        with self._cursor(conn) as cur:
+            cur.executemany(
+                f"INSERT INTO temp.{BULK_KEYS} (h, batch) VALUES (?, ?)",
+                [(h, batch) for h in hashes],
+            )
+
+    def bulk_keys_hits(self, conn: Connection, hashes: Sequence[int]) -> list[tuple[int, int]]:
+        """(hash, batch) of the ``hashes`` an earlier batch of the bulk load inserted."""
+        out: list[tuple[int, int]] = []
+        with self._cursor(conn) as cur:
+            for i in range(0, len(hashes), LOOKUP_CHUNK):
+                part = hashes[i : i + LOOKUP_CHUNK]
+                cur.execute(
+                    f"SELECT h, batch FROM temp.{BULK_KEYS} "
+                    f"WHERE h IN ({', '.join('?' * len(part))})",
+                    part,
+                )
+                out.extend(cur.fetchall())
+        return out
+
+    def by_record_key_between(
+        self, conn: Connection, source: str, key: str, after_id: int, upto_id: int
+    ) -> Found | None:
+        """The row of ``source`` with ``key`` among ids ``after_id < id <= upto_id`` (a range one
+        batch inserted): read through the primary key, no other index needed."""
+        row = conn.exec_driver_sql(
+            f"SELECT id, content_hash, removed, last_run_id, fingerprint FROM {self.name} "
+            "WHERE id > ? AND id <= ? AND source = ? AND record_key = ?",
+            (after_id, upto_id, source, key),
+        ).first()
+        if row is None:
+            return None
+        rid, ch, removed, last_run, fp = row
+        return rid, ch, bool(removed), last_run, fp
 
     @staticmethod
     @contextlib.contextmanager

@@ -327,10 +327,15 @@ def _plain_indexes(site) -> set[str]:
     return {n for n in names if n in _PLAIN}
 
 
-_PLAIN = {"ix_residents_subject_key", "ix_residents_area_code", "ix_residents_fingerprint"}
+_PLAIN = {
+    "ix_residents_subject_key",
+    "ix_residents_area_code",
+    "ix_residents_fingerprint",
+    "uq_residents_source_record_key",
+}
 
 
-def test_first_ingest_builds_plain_indexes_once_at_its_end(make_site, urls, monkeypatch):
+def test_first_ingest_builds_its_indexes_once_at_its_end(make_site, urls, monkeypatch):
     from gateway.sync_store import DatasetTable
 
     write_source(urls[0], people(300))
@@ -345,7 +350,7 @@ def test_first_ingest_builds_plain_indexes_once_at_its_end(make_site, urls, monk
     monkeypatch.setattr(DatasetTable, "insert", spy)
     first = run_job(site, "residents")
     assert first.inserted == 300 and len(during) == 3
-    # SQLite: a first ingest writes without its plain indexes; PostgreSQL keeps them.
+    # SQLite: a first ingest writes without the table's indexes; PostgreSQL keeps them.
     assert all(d == (set() if site.engine.dialect.name == "sqlite" else _PLAIN) for d in during)
     assert _plain_indexes(site) == _PLAIN
     # A later run into rows of the source keeps them all the way.
@@ -393,3 +398,43 @@ def test_failed_bulk_load_still_builds_its_indexes(make_site, urls, monkeypatch)
     resumed = run_job(site, "residents")
     assert (resumed.resumed_from, resumed.read, resumed.inserted) == (1, 200, 200)
     assert len(_stored(site)) == 300
+
+
+@pytest.mark.parametrize("clash", ["across batches", "within a batch"])
+def test_bulk_load_survives_record_keys_whose_hashes_collide(make_site, urls, monkeypatch, clash):
+    from gateway import sync
+    from gateway.sync_store import DatasetTable
+
+    rows = people(200)
+    write_source(urls[0], rows + [dict(rows[5], pid=10_000)])  # a real duplicate, batch 5
+    site = _site(make_site, urls, batch_size=50)
+    if site.engine.dialect.name != "sqlite":
+        pytest.skip("bulk loads are SQLite only")
+
+    def key(i: int) -> str:
+        return site.protector.blind_index(rows[i]["sfzh"])
+
+    clashing = (0, 60) if clash == "across batches" else (110, 111)
+    same = {key(i) for i in clashing}
+    monkeypatch.setattr(sync, "_key_hash", lambda k: 42 if k in same else hash(k))
+    unique_during: list[bool] = []
+    insert = DatasetTable.insert
+
+    def spy(self, conn, columns):
+        names = {ix["name"] for ix in sa.inspect(conn).get_indexes("residents")}
+        unique_during.append("uq_residents_source_record_key" in names)
+        return insert(self, conn, columns)
+
+    monkeypatch.setattr(DatasetTable, "insert", spy)
+    summary = run_job(site, "residents")
+    _check_adds_up(summary)
+    assert (summary.read, summary.inserted, summary.quarantined) == (201, 200, 1)
+    # From the batch of the clash on, the run looks up through the natural-key index.
+    first_with_index = 1 if clash == "across batches" else 2
+    assert unique_during == [i >= first_with_index for i in range(4)]  # batch 5: the duplicate
+    with site.begin() as s:
+        (q,) = s.execute(sa.select(QuarantineRow)).scalars()
+    assert (q.position, q.reason) == ("people:pid=10000", "duplicate")
+    assert "between people:pid=0 and people:pid=49" in q.message
+    assert len({r.record_key for r in _stored(site)}) == 200
+    assert _plain_indexes(site) == _PLAIN
