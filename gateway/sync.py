@@ -42,6 +42,7 @@ import datetime as dt
 import gc
 import json
 import logging
+import pickle
 import random
 import re
 import threading
@@ -57,7 +58,7 @@ from sqlalchemy import bindparam, delete, func, insert, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from . import audit
+from . import audit, sync_worker
 from .connectors import Batch, Row
 from .errors import ConfigError, GatewayError, SourceError, TransientSourceError
 from .protect import KeyProblem, RecordProtector, RowFingerprints
@@ -74,6 +75,7 @@ from .store.jobs import (
 )
 from .store.records import DATASET_MODELS
 from .sync_store import DatasetTable, Found
+from .sync_worker import Prepared, Rows
 
 if TYPE_CHECKING:
     from sqlalchemy import Connection, Table
@@ -475,6 +477,10 @@ class JobRunner:
         # Bulk load (``_bulk_load``): the table's natural-key index is away, so this run finds its
         # own earlier rows by the hash of their record key in a temporary table instead.
         self._bulk_keys = False
+        # No row of the source stored when the run started but what this run's input wrote (the
+        # batches of this snapshot before a resume): every keyed row is an insert or a duplicate,
+        # so a reading worker may map and seal ahead (gateway/sync_worker.py).
+        self._fresh_source = False
         self.mapper = job.mapper
         self.snapshot = job.settings.mode == "snapshot"
         self.seen = SeenIds()
@@ -617,6 +623,10 @@ class JobRunner:
             self.batch_no = state.batch_no
             self.reading_done = bool(state.reading_done)
             state.updated_at = now
+        with self.site.engine.connect() as conn:
+            self._fresh_source = not self.store.any_rows(
+                conn, self.job.source, besides=self.run_ids
+            )
 
     def _fingerprint_context(self) -> str:
         """Everything that decides what a native row of this job maps to and how it is stored:
@@ -679,10 +689,19 @@ class JobRunner:
         attempt = 0
         retries = self.job.settings.retries
         while True:
-            batches = connector.read(self.cursor, self.job.settings.batch_size)
+            batches: Iterator[Any]
+            if self._fresh_source and not self._shares_source() and sync_worker.usable(connector):
+                batches = sync_worker.batches(
+                    self._prepare, connector, self.cursor, self.job.settings.batch_size
+                )
+            else:
+                batches = connector.read(self.cursor, self.job.settings.batch_size)
             try:
                 for batch in batches:
-                    self._batch(batch)
+                    if isinstance(batch, Prepared):
+                        self._batch_prepared(batch)
+                    else:
+                        self._batch(batch)
                     attempt = 0
                     if self.stop.is_set() or (self.lease is not None and self.lease.lost.is_set()):
                         return
@@ -779,18 +798,129 @@ class JobRunner:
                 continue
             pending[record_key] = (i, row, record, subject_key, content_hash, fp)
 
+        positions = (rows[0].position, rows[-1].position) if rows else ("", "")
+        self._apply(batch, positions, quarantine, pending, keep, claimed, seen_ids, unchanged)
+
+    def _prepare(self, batch: Batch) -> Prepared:
+        """The mapping path of ``_batch`` for every row of a batch, without the store: what the
+        reading worker (gateway/sync_worker.py) hands over. Only for a source with no row stored
+        (no fingerprint can match, every keyed row is inserted or a later duplicate), so the rows
+        are sealed here too."""
+        rp = self.rp
+        map_row = self.mapper.map_row
+        validate = self._validate
+        dataset = self.job.dataset
+        key_and_hash = rp.key_and_hash
+        rows = batch.rows
+        quarantine: list[tuple[int, str, str | None, str, str]] = []
+        pending: dict[str, tuple[int, dict[str, Any], str, str, bytes | None]] = {}
+        keep: list[str] = []
+        fingerprints = self._fingerprints(rows)
+        for i, row in enumerate(rows):
+            if row.problems:
+                fld, code, _ = row.problems[0]
+                quarantine.append((i, "read", fld, code, "; ".join(p[2] for p in row.problems)))
+                continue
+            # As in _batch, from map_row on.
+            record, errors = map_row(row.data)
+            stage = "map"
+            if not errors:
+                errors = validate(dataset, record)
+                stage = "validate"
+            if errors:
+                quarantine.append(
+                    (i, stage, errors[0].field, errors[0].code, _errors_message(errors))
+                )
+                if not any(
+                    e.field in rp.record_key_fields or e.field == "id_number" for e in errors
+                ):
+                    with contextlib.suppress(KeyProblem, ValueError, TypeError):
+                        sk = rp.subject_key(record)
+                        keep.append(rp.record_key(record, sk))
+                continue
+            try:
+                subject_key, record_key, content_hash = key_and_hash(record)
+            except KeyProblem as problem:
+                quarantine.append((i, "key", problem.field, problem.code, problem.message))
+                continue
+            first_pending = pending.get(record_key)
+            if first_pending is not None:
+                q = self._duplicate_of(row, rows[first_pending[0]])
+                quarantine.append((i, q.stage, q.field, q.reason, q.message))
+                continue
+            pending[record_key] = (i, record, subject_key, content_hash, fingerprints[i])
+        records = [p[1] for p in pending.values()]
+        return Prepared(
+            cursor=batch.cursor,
+            count=len(rows),
+            positions=(rows[0].position, rows[-1].position) if rows else ("", ""),
+            rows=pickle.dumps(
+                [(r.position, r.data, r.problems) for r in rows], pickle.HIGHEST_PROTOCOL
+            ),
+            quarantine=quarantine,
+            keep=keep,
+            pending=[(i, rk, sk, ch, fp) for rk, (i, _, sk, ch, fp) in pending.items()],
+            records=records if self.job.targets else None,
+            columns=rp.stored_batch(records, [p[2] for p in pending.values()]) if records else {},
+        )
+
+    def _batch_prepared(self, prepared: Prepared) -> None:
+        """A batch the reading worker prepared: looked up, written and committed as ``_batch``
+        does (``_apply``), with the worker's sealed columns."""
+        rows = Rows(prepared)
+        records = prepared.records
+        pending = {
+            rk: (i, rows.ref(i), records[j] if records is not None else None, sk, ch, fp)
+            for j, (i, rk, sk, ch, fp) in enumerate(prepared.pending)
+        }
+        quarantine = [_Q(rows.ref(i), *q) for i, *q in prepared.quarantine]
+        self._apply(
+            Batch(rows, prepared.cursor),  # type: ignore[arg-type]
+            prepared.positions,
+            quarantine,
+            pending,
+            prepared.keep,
+            {},
+            [],
+            0,
+            sealed=prepared.columns,
+        )
+
+    def _apply(
+        self,
+        batch: Batch,
+        positions: tuple[str, str],
+        quarantine: list[_Q],
+        pending: dict[str, tuple[int, Any, Any, str, str, bytes | None]],
+        keep: list[str],
+        claimed: dict[int, tuple[int, Any]],
+        seen_ids: list[int],
+        unchanged: int,
+        *,
+        sealed: dict[str, list[Any]] | None = None,
+    ) -> None:
+        """The rest of a batch, from the look-up by record key on: inserts, updates, duplicates
+        of stored rows, then the write transaction. ``sealed``: the stored columns of every
+        pending row, in order (made by the reading worker), instead of sealing here."""
+        rp = self.rp
+        run_ids = self.run_ids
+        seen_batch_of = self.seen.batch_of
         existing = self._existing(list(pending) + keep)
         this_batch = self.batch_no + 1
         inserts: list[tuple[str, dict[str, Any], str, str, bytes | None]] = []
+        insert_at: list[int] = []  # each insert's place in ``pending``
         updates: list[tuple[int, str, dict[str, Any], str, str, bytes | None]] = []
         refresh: list[tuple[bytes, int]] = []  # (fingerprint, id): unchanged, newly fingerprinted
-        for record_key, (i, row, record, subject_key, content_hash, fp) in pending.items():
+        for j, (record_key, (i, row, record, subject_key, content_hash, fp)) in enumerate(
+            pending.items()
+        ):
             found = existing.get(record_key)
             if found is None:
                 if self.dry_run and record_key in self.new_keys:
                     quarantine.append(self._duplicate(row, None))
                     continue
                 inserts.append((record_key, record, subject_key, content_hash, fp))
+                insert_at.append(j)
                 continue
             row_id, stored_hash, removed, last_run, stored_fp = found
             if (
@@ -837,6 +967,11 @@ class JobRunner:
             if found is not None and not found[2] and not seen_batch_of(found[0]):
                 seen_ids.append(found[0])
 
+        if sealed is not None and updates:  # _prepare's premise broken: rows appeared meanwhile
+            raise SourceError(
+                f"rows of {self.job.source} were stored by another process during this first "
+                "ingest; run the job again"
+            )
         s = self.summary
         if self.dry_run:
             self.new_keys.update(k for k, *_ in inserts)
@@ -854,9 +989,14 @@ class JobRunner:
             conn = session.connection()
             inserted_upto: int | None = None
             if inserts:
-                columns = rp.stored_batch(
-                    [rec for _, rec, _, _, _ in inserts], [sk for _, _, sk, _, _ in inserts]
-                )
+                if sealed is None:
+                    columns = rp.stored_batch(
+                        [rec for _, rec, _, _, _ in inserts], [sk for _, _, sk, _, _ in inserts]
+                    )
+                elif len(inserts) == len(pending):
+                    columns = dict(sealed)
+                else:
+                    columns = {name: [v[j] for j in insert_at] for name, v in sealed.items()}
                 n = len(inserts)
                 columns.update(
                     source=[self.job.source] * n,
@@ -890,7 +1030,6 @@ class JobRunner:
             store.set_fingerprints(conn, refresh)
             if quarantine:
                 self._store_quarantine(conn, quarantine, now)
-            positions = (rows[0].position, rows[-1].position) if rows else ("", "")
             if self.replaying is not None:
                 self._resolve_replayed(conn, batch, quarantine, now)
             elif self.snapshot:
@@ -910,7 +1049,7 @@ class JobRunner:
                     state.cursor = json.dumps(batch.cursor, default=str)
                 state.batch_no = this_batch
                 state.updated_at = now
-            n_read = len(rows)
+            n_read = len(batch.rows)
             session.execute(
                 update(Run)
                 .where(Run.id == s.run_id)

@@ -12,7 +12,7 @@ written them. Other dialects take the same statements through SQLAlchemy Core.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import bindparam, false, func, insert, select, text, update
@@ -115,7 +115,7 @@ class DatasetTable:
         if self.driver != "sqlite" or not self.deferred_indexes():
             return False
         t = self.table
-        if conn.execute(select(t.c.id).where(t.c.source == source).limit(1)).first() is not None:
+        if self.any_rows(conn, source):
             return False
         few = select(t.c.id).limit(BULK_LOAD_MAX_OTHER_ROWS + 1).subquery()
         return conn.execute(select(func.count()).select_from(few)).scalar_one() <= (
@@ -280,6 +280,15 @@ class DatasetTable:
             ).first()
             is not None
         )
+
+    def any_rows(self, conn: Connection, source: str, besides: Collection[int] = ()) -> bool:
+        """Whether any row of ``source`` is stored, present or removed; ``besides``: other than
+        rows the runs ``besides`` wrote last."""
+        t = self.table
+        stmt = select(t.c.id).where(t.c.source == source)
+        if besides:
+            stmt = stmt.where(t.c.last_run_id.is_(None) | t.c.last_run_id.not_in(list(besides)))
+        return conn.execute(stmt.limit(1)).first() is not None
 
     def present(self, conn: Connection, source: str) -> int:
         """How many rows of ``source`` are present (not removed): counted in the fingerprint

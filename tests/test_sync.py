@@ -438,3 +438,109 @@ def test_bulk_load_survives_record_keys_whose_hashes_collide(make_site, urls, mo
     assert "between people:pid=0 and people:pid=49" in q.message
     assert len({r.record_key for r in _stored(site)}) == 200
     assert _plain_indexes(site) == _PLAIN
+
+
+def _csv_job(path, batch_size: int, targets: list[str] | None = None) -> dict:
+    return {
+        "systems": {
+            "registry": {
+                "plugin": "test_registry",
+                "connector": "csv",
+                "path": str(path),
+                "mapping": "test_registry/residents",
+            }
+        },
+        "jobs": {
+            "residents": {
+                "source": "registry",
+                "dataset": "residents",
+                "mode": "snapshot",
+                "batch_size": batch_size,
+                "targets": targets or [],
+            }
+        },
+    }
+
+
+def _write_csv(path, rows: list[dict], extra_lines: str = "") -> None:
+    import csv
+
+    columns = [c for c in rows[0] if c != "gxsj"]
+    with path.open("w", encoding="utf-8", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(columns)
+        for r in rows:
+            w.writerow([r[c] for c in columns])
+        f.write(extra_lines)
+
+
+def _outcome(site) -> tuple:
+    p = site.protector
+    with site.begin() as s:
+        stored = sorted(
+            (
+                r.record_key,
+                r.content_hash,
+                r.id_masked,
+                r.fingerprint,
+                p.open(r.name, dataset="residents", field="name", record=r.subject_key),
+            )
+            for r in s.execute(sa.select(Resident)).scalars()
+        )
+        quarantined = [
+            (
+                q.position,
+                q.stage,
+                q.field,
+                q.reason,
+                q.message,
+                p.open(q.row_sealed, dataset="quarantine", field="row", record=q.uid),
+            )
+            for q in s.execute(sa.select(QuarantineRow).order_by(QuarantineRow.id)).scalars()
+        ]
+    return stored, quarantined
+
+
+def test_reading_worker_stores_what_one_process_stores(make_site, tmp_path, monkeypatch):
+    from gateway import sync, sync_worker
+
+    rows = people(420)
+    rows[3]["sfzh"] = rows[3]["sfzh"][:17] + ("0" if rows[3]["sfzh"][17] != "0" else "1")
+    rows[7]["xm"] = ""
+    rows[21] = dict(rows[20], pid=21)  # a duplicate in the same batch
+    rows.append(dict(rows[10], pid=10_000))  # ... and in a later one
+    rows.append(dict(rows[300], pid=10_001))
+    path = tmp_path / "people.csv"
+    _write_csv(path, rows, extra_lines="1,2,3\n")  # a misshapen line: quarantined as read
+    used = []
+    prepared = sync.JobRunner._batch_prepared
+
+    def spy(self, p):
+        used.append(p.count)
+        return prepared(self, p)
+
+    monkeypatch.setattr(sync.JobRunner, "_batch_prepared", spy)
+    from gateway.store import Base
+
+    site = make_site(_csv_job(path, 100))
+    write_mappings(site.base_dir)
+    outcomes = []
+    for worker in ("1", "0"):
+        monkeypatch.setenv(sync_worker.ENV, worker)
+        Base.metadata.drop_all(site.engine)  # an empty store each time, the same keys
+        Base.metadata.create_all(site.engine)
+        summary = run_job(site, "residents")
+        _check_adds_up(summary)
+        assert (summary.read, summary.inserted, summary.quarantined) == (423, 417, 6), summary
+        outcomes.append(_outcome(site))
+    assert sum(used) == 423  # the first ran every batch through the worker, the second none
+    assert outcomes[0] == outcomes[1]
+    reasons = sorted(q[3] for q in outcomes[0][1])
+    assert reasons == [
+        "bad_check_digit",
+        "duplicate",
+        "duplicate",
+        "duplicate",
+        "field_count",
+        "required",
+    ]
