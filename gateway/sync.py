@@ -692,7 +692,11 @@ class JobRunner:
             batches: Iterator[Any]
             if self._fresh_source and not self._shares_source() and sync_worker.usable(connector):
                 batches = sync_worker.batches(
-                    self._prepare, connector, self.cursor, self.job.settings.batch_size
+                    self._prepare,
+                    connector,
+                    self.cursor,
+                    self.job.settings.batch_size,
+                    self.job.source,
                 )
             else:
                 batches = connector.read(self.cursor, self.job.settings.batch_size)

@@ -109,10 +109,12 @@ def usable(connector: Connector) -> bool:
     return all(t is me or t.name.startswith("lease-") for t in threading.enumerate())
 
 
-def batches(prepare: Any, connector: Connector, cursor: Any, batch_size: int) -> Iterator[Prepared]:
+def batches(
+    prepare: Any, connector: Connector, cursor: Any, batch_size: int, system: str
+) -> Iterator[Prepared]:
     """The batches of ``connector.read(cursor, batch_size)``, each passed through ``prepare`` in
-    a child process. Errors of the reading come back as they were raised there (TransientSourceError
-    keeps its retry; other gateway errors become SourceError with their message)."""
+    a child process (``system``: the source's name, for errors). Gateway errors raised there are
+    raised here again (a TransientSourceError keeps its retry); anything else fails the run."""
     receive, send = Pipe(duplex=False)
     parent = os.getpid()
     pid = os.fork()
@@ -133,17 +135,20 @@ def batches(prepare: Any, connector: Connector, cursor: Any, batch_size: int) ->
             try:
                 message = pickle.loads(receive.recv_bytes())
             except EOFError:
-                raise SourceError("the reading worker ended without a word") from None
+                raise SourceError(system, "reading worker", "ended without a word") from None
             kind = message[0]
             if kind == "batch":
                 yield message[1]
             elif kind == "end":
                 done = True
                 return
-            elif kind == "transient":
-                raise TransientSourceError(message[1])
+            elif kind == "source":
+                _, transient, *parts = message
+                raise (TransientSourceError if transient else SourceError)(*parts)
+            elif kind == "raise":
+                raise message[1]
             else:
-                raise SourceError(message[1])
+                raise SourceError(system, "reading worker", message[1])
     finally:
         receive.close()
         if not done:
@@ -178,11 +183,15 @@ def _child(prepare: Any, connector: Connector, cursor: Any, batch_size: int, sen
         put(("end",))
     except (BrokenPipeError, EOFError):
         raise
-    except TransientSourceError as exc:
-        put(("transient", str(exc)))
+    except SourceError as exc:  # its __init__ takes three parts: not picklable as it is
+        put(("source", isinstance(exc, TransientSourceError), exc.system, exc.source, exc.cause))
     except GatewayError as exc:
-        put(("error", str(exc)))
+        try:
+            pickle.loads(pickle.dumps(exc))
+            put(("raise", exc))
+        except Exception:  # noqa: BLE001 - an error class pickle cannot rebuild
+            put(("error", str(exc)))
     except Exception as exc:  # noqa: BLE001 - reported, not lost; its text may hold row values
-        put(("error", f"reading worker failed: {exc.__class__.__name__}"))
+        put(("error", f"failed: {exc.__class__.__name__}"))
     finally:
         send.close()

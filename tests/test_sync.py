@@ -8,7 +8,7 @@ import json
 import pytest
 import sqlalchemy as sa
 
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, SourceError
 from gateway.store.jobs import JobCursor, QuarantineRow, Run, SnapshotSeen
 from gateway.store.records import Resident
 from gateway.sync import RunSummary, SyncFailed, run_job
@@ -544,3 +544,34 @@ def test_reading_worker_stores_what_one_process_stores(make_site, tmp_path, monk
         "field_count",
         "required",
     ]
+
+
+def test_reading_worker_reports_a_failed_read_as_the_run_s_failure(
+    make_site, tmp_path, monkeypatch
+):
+    from gateway import sync_worker
+    from gateway.connectors import Batch
+
+    path = tmp_path / "people.csv"
+    _write_csv(path, people(250))
+    site = make_site(_csv_job(path, 100))
+    write_mappings(site.base_dir)
+    from gateway.plugins import make_connector
+
+    connector_class = type(make_connector(site, "registry"))
+    read = connector_class.read
+
+    def failing(self, cursor=None, batch_size=5000):
+        for i, batch in enumerate(read(self, cursor, batch_size)):
+            if i == 1:
+                raise SourceError("registry", "people.csv", "the disk went away")
+            yield Batch(batch.rows, batch.cursor)
+
+    monkeypatch.setattr(connector_class, "read", failing)
+    monkeypatch.setenv(sync_worker.ENV, "1")
+    with pytest.raises(SyncFailed, match="the disk went away"):
+        run_job(site, "residents")
+    with site.begin() as s:
+        run = s.execute(sa.select(Run)).scalars().one()
+    assert (run.status, run.read, run.inserted) == ("failed", 100, 100)
+    assert "the disk went away" in run.error
