@@ -1,10 +1,12 @@
 """The reading worker of a first ingest: a child process reads, maps, validates, keys, hashes and
 seals the batches while the run's own process writes them (two cores instead of one).
 
-Only where that is safe and pays (``usable``): the source has no row stored at all, so every
-keyed row is inserted (or is a later duplicate) and sealing ahead is never wasted; the source is a
+Only where that is safe and pays (``usable``): the source has no row stored but those of this
+snapshot's own earlier batches (a resumed first ingest), so every keyed row is inserted or is a
+later duplicate and sealing ahead is never wasted (JobRunner._fresh_source); the source is a
 local file (CSV, XLSX), whose reader shares nothing with the parent; POSIX ``fork``; and no thread
-but the run's lease heartbeat is alive (a fork copies locks other threads may hold).
+but the run's lease heartbeat and a progress bar's is alive (a fork copies locks other threads
+may hold).
 
 The worker never touches the store: everything it makes goes through a pipe to the parent, which
 looks up, writes and commits each batch with its cursor and audit entry exactly as without it. So
@@ -16,6 +18,7 @@ parent when the reading ends early (stop, failure), and never outlives a run.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import pickle
 import signal
@@ -105,8 +108,15 @@ def usable(connector: Connector) -> bool:
         return False
     if not type(connector).__module__.startswith("gateway_plugins."):
         return False
+    # A fork copies every lock, held or not, but only the forking thread: another thread inside
+    # OpenSSL (another run, the API) could leave one held that the worker then waits on forever.
+    # Allowed beside the run: its lease heartbeat (SQLite only) and a terminal progress bar's
+    # refresh thread (stderr only; the worker never writes there, see _child_setup).
     me = threading.current_thread()
-    return all(t is me or t.name.startswith("lease-") for t in threading.enumerate())
+    return all(
+        t is me or t.name.startswith("lease-") or type(t).__name__ == "_RefreshThread"
+        for t in threading.enumerate()
+    )
 
 
 def batches(
@@ -163,6 +173,9 @@ def _child_setup(parent: int) -> None:
     # ends when the parent kills it or goes away.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    # Its errors go through the pipe; a log line could wait on a stderr lock a thread of the
+    # parent held at the fork.
+    logging.disable(logging.CRITICAL)
     if sys.platform.startswith("linux"):
         with contextlib.suppress(OSError, AttributeError):
             import ctypes

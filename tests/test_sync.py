@@ -575,3 +575,26 @@ def test_reading_worker_reports_a_failed_read_as_the_run_s_failure(
         run = s.execute(sa.select(Run)).scalars().one()
     assert (run.status, run.read, run.inserted) == ("failed", 100, 100)
     assert "the disk went away" in run.error
+
+
+def test_reading_worker_only_beside_threads_that_cannot_hold_its_locks(make_site, tmp_path):
+    import threading
+
+    from gateway import sync_worker
+    from gateway.plugins import make_connector
+
+    path = tmp_path / "people.csv"
+    _write_csv(path, people(3))
+    site = make_site(_csv_job(path, 100))
+    connector = make_connector(site, "registry")
+    stop = threading.Event()
+    assert sync_worker.usable(connector)
+    for name, expected in (("lease-residents", True), ("api-worker", False)):
+        thread = threading.Thread(target=stop.wait, name=name, daemon=True)
+        thread.start()
+        try:
+            assert sync_worker.usable(connector) is expected
+        finally:
+            stop.set()
+            thread.join()
+            stop.clear()
