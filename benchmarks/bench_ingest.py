@@ -264,6 +264,10 @@ def breakdown(n: int, args: argparse.Namespace) -> None:
             _timing(spent, DatasetTable, "update", "store: update"),
             _timing(spent, DatasetTable, "by_fingerprint", "store: look-up by fingerprint"),
             _timing(spent, DatasetTable, "by_record_key", "store: look-up by record key"),
+            _timing(spent, JobRunner, "_bulk_existing", "store: look-up of own rows (bulk load)"),
+            _timing(
+                spent, DatasetTable, "create_missing_indexes", "store: build indexes at the end"
+            ),
             _timing(spent, SessionTransaction, "commit", "store: commit"),
             _timing(spent, RecordProtector, "stored_batch", "seal 3 fields + columns"),
             _timing(spent, RowFingerprints, "many", "fingerprint native rows"),
