@@ -31,7 +31,9 @@ matched by fingerprint.
 Speed (benchmarks/bench_ingest.py): the hot statements go through the driver (sync_store.py), the
 sensitive fields of a batch are sealed per field in one call, one connection serves every batch of
 a run (a warm page cache), and full garbage collections leave the pre-existing objects alone
-while batches stream (``_quiet_gc``).
+while batches stream (``_quiet_gc``). A first ingest into SQLite is a bulk load (``_bulk_load``:
+the table's indexes are built once at its end), and one from a local file maps and seals in a
+forked reading worker while this process writes (gateway/sync_worker.py).
 """
 
 from __future__ import annotations
