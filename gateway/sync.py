@@ -810,8 +810,8 @@ class JobRunner:
     def _prepare(self, batch: Batch) -> Prepared:
         """The mapping path of ``_batch`` for every row of a batch, without the store: what the
         reading worker (gateway/sync_worker.py) hands over. Only for a source with no row stored
-        (no fingerprint can match, every keyed row is inserted or a later duplicate), so the rows
-        are sealed here too."""
+        but this input's, where a fingerprint hit could only be a duplicate, which the look-up by
+        record key finds as well: no fingerprint is looked up."""
         rp = self.rp
         map_row = self.mapper.map_row
         validate = self._validate
@@ -866,17 +866,16 @@ class JobRunner:
             quarantine=quarantine,
             keep=keep,
             pending=[(i, rk, sk, ch, fp) for rk, (i, _, sk, ch, fp) in pending.items()],
-            records=records if self.job.targets else None,
-            columns=rp.stored_batch(records, [p[2] for p in pending.values()]) if records else {},
+            records=records,
         )
 
     def _batch_prepared(self, prepared: Prepared) -> None:
-        """A batch the reading worker prepared: looked up, written and committed as ``_batch``
-        does (``_apply``), with the worker's sealed columns."""
+        """A batch the reading worker prepared: looked up, sealed, written and committed as
+        ``_batch`` does (``_apply``)."""
         rows = Rows(prepared)
         records = prepared.records
         pending = {
-            rk: (i, rows.ref(i), records[j] if records is not None else None, sk, ch, fp)
+            rk: (i, rows.ref(i), records[j], sk, ch, fp)
             for j, (i, rk, sk, ch, fp) in enumerate(prepared.pending)
         }
         quarantine = [_Q(rows.ref(i), *q) for i, *q in prepared.quarantine]
@@ -889,7 +888,6 @@ class JobRunner:
             {},
             [],
             0,
-            sealed=prepared.columns,
         )
 
     def _apply(
@@ -902,31 +900,24 @@ class JobRunner:
         claimed: dict[int, tuple[int, Any]],
         seen_ids: list[int],
         unchanged: int,
-        *,
-        sealed: dict[str, list[Any]] | None = None,
     ) -> None:
         """The rest of a batch, from the look-up by record key on: inserts, updates, duplicates
-        of stored rows, then the write transaction. ``sealed``: the stored columns of every
-        pending row, in order (made by the reading worker), instead of sealing here."""
+        of stored rows, then the write transaction."""
         rp = self.rp
         run_ids = self.run_ids
         seen_batch_of = self.seen.batch_of
         existing = self._existing(list(pending) + keep)
         this_batch = self.batch_no + 1
         inserts: list[tuple[str, dict[str, Any], str, str, bytes | None]] = []
-        insert_at: list[int] = []  # each insert's place in ``pending``
         updates: list[tuple[int, str, dict[str, Any], str, str, bytes | None]] = []
         refresh: list[tuple[bytes, int]] = []  # (fingerprint, id): unchanged, newly fingerprinted
-        for j, (record_key, (i, row, record, subject_key, content_hash, fp)) in enumerate(
-            pending.items()
-        ):
+        for record_key, (i, row, record, subject_key, content_hash, fp) in pending.items():
             found = existing.get(record_key)
             if found is None:
                 if self.dry_run and record_key in self.new_keys:
                     quarantine.append(self._duplicate(row, None))
                     continue
                 inserts.append((record_key, record, subject_key, content_hash, fp))
-                insert_at.append(j)
                 continue
             row_id, stored_hash, removed, last_run, stored_fp = found
             if (
@@ -973,11 +964,6 @@ class JobRunner:
             if found is not None and not found[2] and not seen_batch_of(found[0]):
                 seen_ids.append(found[0])
 
-        if sealed is not None and updates:  # _prepare's premise broken: rows appeared meanwhile
-            raise SourceError(
-                f"rows of {self.job.source} were stored by another process during this first "
-                "ingest; run the job again"
-            )
         s = self.summary
         if self.dry_run:
             self.new_keys.update(k for k, *_ in inserts)
@@ -995,14 +981,9 @@ class JobRunner:
             conn = session.connection()
             inserted_upto: int | None = None
             if inserts:
-                if sealed is None:
-                    columns = rp.stored_batch(
-                        [rec for _, rec, _, _, _ in inserts], [sk for _, _, sk, _, _ in inserts]
-                    )
-                elif len(inserts) == len(pending):
-                    columns = dict(sealed)
-                else:
-                    columns = {name: [v[j] for j in insert_at] for name, v in sealed.items()}
+                columns = rp.stored_batch(
+                    [rec for _, rec, _, _, _ in inserts], [sk for _, _, sk, _, _ in inserts]
+                )
                 n = len(inserts)
                 columns.update(
                     source=[self.job.source] * n,

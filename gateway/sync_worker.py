@@ -1,9 +1,9 @@
 """The reading worker of a first ingest: a child process reads, maps, validates, keys, hashes and
-seals the batches while the run's own process writes them (two cores instead of one).
+fingerprints the batches while the run's own process seals and writes them (two cores, not one).
 
 Only where that is safe and pays (``usable``): the source has no row stored but those of this
 snapshot's own earlier batches (a resumed first ingest), so every keyed row is inserted or is a
-later duplicate and sealing ahead is never wasted (JobRunner._fresh_source); the source is a
+later duplicate and no fingerprint needs looking up (JobRunner._fresh_source); the source is a
 local file (CSV, XLSX), whose reader shares nothing with the parent; POSIX ``fork``; and no thread
 but the run's lease heartbeat and a progress bar's is alive (a fork copies locks other threads
 may hold).
@@ -56,8 +56,8 @@ class Prepared:
     keep: list[str]  # record keys of quarantined rows whose stored row stays
     pending: list[tuple[int, str, str, str, bytes | None]]  # (index, record key, subject key,
     # content hash, fingerprint) of the keyed rows, first of each key only
-    records: list[dict[str, Any]] | None  # their records, when the job delivers to targets
-    columns: dict[str, list[Any]]  # their stored columns (RecordProtector.stored_batch)
+    records: list[dict[str, Any]]  # their records: the parent seals them (it waits for the
+    # worker otherwise: ~13 µs per row each with sealing there, 17.5 and 12 with it here)
 
 
 class Rows(Sequence[Row]):
