@@ -32,8 +32,8 @@ Speed (benchmarks/bench_ingest.py): the hot statements go through the driver (sy
 sensitive fields of a batch are sealed per field in one call, one connection serves every batch of
 a run (a warm page cache), and full garbage collections leave the pre-existing objects alone
 while batches stream (``_quiet_gc``). A first ingest into SQLite is a bulk load (``_bulk_load``:
-the table's indexes are built once at its end), and one from a local file maps and seals in a
-forked reading worker while this process writes (gateway/sync_worker.py).
+the table's indexes are built once at its end), and one from a local file is read, mapped and
+keyed in a forked reading worker while this process seals and writes (gateway/sync_worker.py).
 """
 
 from __future__ import annotations
@@ -481,7 +481,7 @@ class JobRunner:
         self._bulk_keys = False
         # No row of the source stored when the run started but what this run's input wrote (the
         # batches of this snapshot before a resume): every keyed row is an insert or a duplicate,
-        # so a reading worker may map and seal ahead (gateway/sync_worker.py).
+        # so a reading worker may map ahead without fingerprint look-ups (gateway/sync_worker.py).
         self._fresh_source = False
         self.mapper = job.mapper
         self.snapshot = job.settings.mode == "snapshot"
@@ -1208,7 +1208,8 @@ class JobRunner:
         it). Between batches it holds no transaction."""
         with self.site.engine.connect() as conn:
             self.store.tune(conn)
-            if self._bulk_keys:
+            bulk_keys = self._bulk_keys
+            if bulk_keys:
                 self.store.bulk_keys_drop(conn)  # a pooled connection's, from a failed run
                 self.store.bulk_keys_create(conn)
             conn.commit()
@@ -1217,11 +1218,12 @@ class JobRunner:
                 yield
             finally:
                 self._conn = None
-                if conn.in_transaction():
-                    conn.rollback()
-                with contextlib.suppress(SQLAlchemyError):  # it goes with the connection anyway
-                    self.store.bulk_keys_drop(conn)
-                    conn.commit()
+                if bulk_keys:  # not left to the next user of the pooled connection
+                    if conn.in_transaction():
+                        conn.rollback()
+                    with contextlib.suppress(SQLAlchemyError):  # else it goes with the connection
+                        self.store.bulk_keys_drop(conn)
+                        conn.commit()
 
     @contextlib.contextmanager
     def _bulk_load(self) -> Iterator[None]:
@@ -1279,8 +1281,8 @@ class JobRunner:
     def _bulk_existing(self, keys: Sequence[str]) -> dict[str, Found] | None:
         """``_existing`` during a bulk load: rows an earlier batch of this run inserted, found by
         their key's hash in the temporary table, then read by id within that batch's id range
-        (exactly: a hash is not a key). None when two keys share a hash (about once in 10^10
-        runs of a million rows): the run then builds the natural-key index and looks up as
+        (exactly: a hash is not a key). None when two keys share a hash (64 bits: about once in
+        10^7 runs of a million rows): the run then builds the natural-key index and looks up as
         usual from there on."""
         hashes = {_key_hash(k): k for k in keys}
         if len(hashes) < len(keys):
