@@ -692,6 +692,14 @@ def key_id_of(value: str) -> str:
 _SEAL_LABEL = b"gateway-seal-v1"
 
 
+def hmac_template(key: bytes, hash_name: str, prefix: bytes = b"") -> Any:
+    """An HMAC with ``key`` (and ``prefix``) absorbed, to ``copy()`` once per value. OpenSSL's own
+    HMAC object when ``hmac`` is backed by it (its copy() skips hmac.HMAC's Python layer: ~0.2 µs
+    per value); both have the same update/digest/hexdigest/copy."""
+    template = hmac.new(key, prefix or None, digestmod=hash_name)
+    return getattr(template, "_hmac", None) or template
+
+
 def _seal_aad(key_id: str, dataset: str, field_name: str, record: str) -> bytes:
     # Length-prefixed parts: ("ab", "c") and ("a", "bc") give different associated data.
     parts = (_SEAL_LABEL, key_id.encode(), dataset.encode(), field_name.encode(), record.encode())
@@ -724,7 +732,7 @@ class Protector:
         key = self.keyring.active("blind_index")
         # HMAC with the key already absorbed: copy() per value skips the key schedule,
         # about 1.6x faster than hmac.digest for ID-sized inputs.
-        self._bi = (key.id + ":", hmac.new(key.material, digestmod=self.suite.hash_name))
+        self._bi = (key.id + ":", hmac_template(key.material, self.suite.hash_name))
         self._generation = generation
 
     # -- blind index (hot path: one ID per row) ---------------------------------------------
@@ -786,18 +794,44 @@ class Protector:
         prefix and one read of the random source for the whole batch (bulk sync writes)."""
         if len(plaintexts) != len(records):
             raise ValueError("seal_many: one record per plaintext")
+        return self.seal_bound(
+            plaintexts, dataset=dataset, field=field, bound=self.record_aads(records)
+        )
+
+    @staticmethod
+    def record_aads(records: Sequence[str]) -> list[bytes]:
+        """The record's part of each seal's associated data (``_seal_aad``'s last, length-prefixed
+        part): made once per record when several fields of it are sealed (``seal_bound``)."""
+        out = []
+        for record in records:
+            rec = record.encode()
+            out.append(len(rec).to_bytes(4, "big") + rec)
+        return out
+
+    def seal_bound(
+        self, plaintexts: Sequence[str], *, dataset: str, field: str, bound: Sequence[bytes]
+    ) -> list[str]:
+        """``seal_many`` with the records given as ``record_aads(records)``."""
+        if len(plaintexts) != len(bound):
+            raise ValueError("seal_bound: one record per plaintext")
         key = self.keyring.active("seal")
-        encrypt = self._aead(key).encrypt
+        aead = self._aead(key)
+        # AES-GCM: the library's own one-shot encrypt, without our wrapper's call in between.
+        encrypt = aead._aead.encrypt if type(aead) is _AesGcm else aead.encrypt
         # _seal_aad's layout: the length-prefixed parts, the record's last.
         prefix = _seal_aad(key.id, dataset, field, "")[:-4]
         head = key.id + ":"
         nonces = os.urandom(NONCE_SIZE * len(plaintexts))
+        b2a, urlsafe = binascii.b2a_base64, _TO_URLSAFE
         out = []
-        for i, (text, record) in enumerate(zip(plaintexts, records, strict=True)):
-            nonce = nonces[i * NONCE_SIZE : (i + 1) * NONCE_SIZE]
-            rec = record.encode()
-            body = encrypt(nonce, text.encode(), prefix + len(rec).to_bytes(4, "big") + rec)
-            out.append(head + _b64url(nonce + body))
+        append = out.append
+        start = 0
+        for text, tail in zip(plaintexts, bound, strict=True):
+            nonce = nonces[start : start + NONCE_SIZE]
+            start += NONCE_SIZE
+            raw = nonce + encrypt(nonce, text.encode(), prefix + tail)
+            # _b64url, inline (once per sealed value).
+            append(head + b2a(raw, newline=False).rstrip(b"=").translate(urlsafe).decode())
         return out
 
     def open(self, token: str, *, dataset: str, field: str, record: str) -> str:

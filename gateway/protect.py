@@ -109,6 +109,11 @@ class RecordProtector:
 
     def subject_key(self, record: Mapping[str, Any]) -> str:
         number = record.get("id_number")
+        if number.__class__ is str and len(number) == 18 and not number.isspace():
+            id_type = record.get("id_type")
+            if id_type is None or id_type == "1" or id_type == "":
+                # The common case, as below: a resident ID (normalised) is its own index material.
+                return self.protector.blind_index(number)
         if number is None or str(number).strip() == "":
             raise KeyProblem("id_number", "missing_id", "no ID number: the record cannot be keyed")
         id_type = str(record.get("id_type") or "1")
@@ -142,13 +147,25 @@ class RecordProtector:
         generation, template = self._content
         keyring = self.protector.keyring
         if generation != keyring.generation:
+            from .crypto import hmac_template
+
             key = keyring.active("blind_index")
-            template = hmac.new(key.material, digestmod=self.protector.suite.hash_name)
-            template.update(("content\x1d" + self.dataset + "\x1d").encode())
+            template = hmac_template(
+                key.material,
+                self.protector.suite.hash_name,
+                ("content\x1d" + self.dataset + "\x1d").encode(),
+            )
             self._content = (keyring.generation, template)
+        date = dt.date
         text = "\x1e".join(
             [
-                v if type(v) is str else "" if v is None else canonical_text(v)
+                v
+                if (c := v.__class__) is str
+                else ""
+                if v is None
+                else v.isoformat()
+                if c is date
+                else canonical_text(v)
                 for v in map(record.get, self.fields)
             ]
         )
@@ -177,17 +194,21 @@ class RecordProtector:
             f: [r.get(f) for r in records] for f in self.plain if f != "id_type"
         }
         out["id_type"] = [r.get("id_type") or "1" for r in records]
-        seal_many = self.protector.seal_many
+        seal_bound = self.protector.seal_bound
+        bound = self.protector.record_aads(subject_keys)  # once per row, for every sealed field
         for name in self.sealed:
             values = [r.get(name) for r in records]
+            if all(type(v) is str and v for v in values):  # the common case: every row has it
+                out[name] = seal_bound(values, dataset=self.dataset, field=name, bound=bound)
+                continue
             todo = [i for i, v in enumerate(values) if v is not None and v != ""]
             sealed: list[Any] = [None] * len(values)
             if todo:
-                tokens = seal_many(
+                tokens = seal_bound(
                     [v if type(v := values[i]) is str else canonical_text(v) for i in todo],
                     dataset=self.dataset,
                     field=name,
-                    records=[subject_keys[i] for i in todo],
+                    bound=[bound[i] for i in todo],
                 )
                 for i, token in zip(todo, tokens, strict=True):
                     sealed[i] = token

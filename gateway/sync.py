@@ -34,7 +34,9 @@ matched by fingerprint.
 Speed (benchmarks/bench_ingest.py): the hot statements go through the driver (sync_store.py), the
 sensitive fields of a batch are sealed per field in one call, one connection serves every batch of
 a run (a warm page cache), and full garbage collections leave the pre-existing objects alone
-while batches stream (``_quiet_gc``).
+while batches stream (``_quiet_gc``). A first ingest into SQLite is a bulk load (``_bulk_load``:
+the table's indexes are built once at its end), and one from a local file is read, mapped and
+keyed in a forked reading worker while this process seals and writes (gateway/sync_worker.py).
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ import gc
 import itertools
 import json
 import logging
+import pickle
 import random
 import re
 import threading
@@ -61,7 +64,7 @@ from sqlalchemy import bindparam, delete, func, insert, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from . import audit
+from . import audit, sync_worker
 from .connectors import Batch, LazyRows, Row
 from .errors import ConfigError, GatewayError, SourceError, TransientSourceError
 from .protect import KeyProblem, RecordProtector, RowFingerprints
@@ -78,6 +81,7 @@ from .store.jobs import (
 )
 from .store.records import DATASET_MODELS
 from .sync_store import DatasetTable, Found
+from .sync_worker import Prepared, Rows
 
 if TYPE_CHECKING:
     from sqlalchemy import Connection, Table
@@ -417,6 +421,10 @@ def _errors_message(errors: Sequence[Any]) -> str:
     return "; ".join(f"{e.field}: {e.message}" for e in errors)
 
 
+# The hash of a record key in a bulk load's temporary table (a 64-bit int; tests replace it to
+# make keys collide).
+_key_hash: Callable[[str], int] = hash
+
 _gc_lock = threading.Lock()
 _gc_users = 0
 _gc_saved: tuple[int, ...] = ()
@@ -514,6 +522,13 @@ class JobRunner:
         self._stats_rows: int | None = None
         self._grown = 0
         self._conn: Connection | None = None  # the batches' connection while reading
+        # Bulk load (``_bulk_load``): the table's natural-key index is away, so this run finds its
+        # own earlier rows by the hash of their record key in a temporary table instead.
+        self._bulk_keys = False
+        # No row of the source stored when the run started but what this run's input wrote (the
+        # batches of this snapshot before a resume): every keyed row is an insert or a duplicate,
+        # so a reading worker may map ahead without fingerprint look-ups (gateway/sync_worker.py).
+        self._fresh_source = False
         self.mapper = job.mapper
         self.snapshot = job.settings.mode == "snapshot"
         self.seen = SeenIds()
@@ -565,6 +580,12 @@ class JobRunner:
             with self.site.engine.connect() as conn:
                 self._match_fingerprints = self.store.any_present(conn, self.job.source)
         if not self.dry_run:
+            # A bulk load killed before its end left the table's plain indexes out: build them
+            # before anything reads (this run's fingerprint look-ups, match, the API).
+            with self.site.engine.begin() as conn:
+                rebuilt = self.store.create_missing_indexes(conn)
+            if rebuilt:
+                log.info("job %s: built indexes %s", self.job.name, ", ".join(rebuilt))
             with self.site.engine.connect() as conn:
                 counts = self.store.planner_rows(conn)
             if counts is not None:
@@ -650,6 +671,10 @@ class JobRunner:
             self.batch_no = state.batch_no
             self.reading_done = bool(state.reading_done)
             state.updated_at = now
+        with self.site.engine.connect() as conn:
+            self._fresh_source = not self.store.any_rows(
+                conn, self.job.source, besides=self.run_ids
+            )
 
     def _fingerprint_context(self) -> str:
         """Everything that decides what a native row of this job maps to and how it is stored:
@@ -685,7 +710,7 @@ class JobRunner:
             self.progress.start(s)
         try:
             if not self.reading_done:
-                with self._work_connection(), _quiet_gc():
+                with self._bulk_load(), self._work_connection(), _quiet_gc():
                     self._read_all(connector)
             if self.lease is not None and self.lease.lost.is_set():
                 self._finish("failed")
@@ -712,10 +737,23 @@ class JobRunner:
         attempt = 0
         retries = self.job.settings.retries
         while True:
-            batches = connector.read(self.cursor, self.job.settings.batch_size)
+            batches: Iterator[Any]
+            if self._fresh_source and not self._shares_source() and sync_worker.usable(connector):
+                batches = sync_worker.batches(
+                    self._prepare,
+                    connector,
+                    self.cursor,
+                    self.job.settings.batch_size,
+                    self.job.source,
+                )
+            else:
+                batches = connector.read(self.cursor, self.job.settings.batch_size)
             try:
                 for batch in batches:
-                    self._batch(batch)
+                    if isinstance(batch, Prepared):
+                        self._batch_prepared(batch)
+                    else:
+                        self._batch(batch)
                     attempt = 0
                     if self.stop.is_set() or (self.lease is not None and self.lease.lost.is_set()):
                         return
@@ -749,7 +787,6 @@ class JobRunner:
         dataset = self.job.dataset
         key_and_hash = rp.key_and_hash
         run_ids = self.run_ids
-        seen_batch_of = self.seen.batch_of
         rows = batch.rows
         quarantine: list[_Q] = []
         # record_key -> (index in the batch, row, record, subject key, content hash, fingerprint)
@@ -819,6 +856,109 @@ class JobRunner:
                 continue
             pending[record_key] = (i, row, record, subject_key, content_hash, fp)
 
+        positions = (rows[0].position, rows[-1].position) if rows else ("", "")
+        self._apply(batch, positions, quarantine, pending, keep, claimed, seen_ids, unchanged)
+
+    def _prepare(self, batch: Batch) -> Prepared:
+        """The mapping path of ``_batch`` for every row of a batch, without the store: what the
+        reading worker (gateway/sync_worker.py) hands over. Only for a source with no row stored
+        but this input's, where a fingerprint hit could only be a duplicate, which the look-up by
+        record key finds as well: no fingerprint is looked up."""
+        rp = self.rp
+        map_row = self.mapper.map_row
+        validate = self._validate
+        dataset = self.job.dataset
+        key_and_hash = rp.key_and_hash
+        rows = batch.rows
+        quarantine: list[tuple[int, str, str | None, str, str]] = []
+        pending: dict[str, tuple[int, dict[str, Any], str, str, bytes | None]] = {}
+        keep: list[str] = []
+        fingerprints = self._fingerprints(batch)
+        for i, row in enumerate(rows):
+            if row.problems:
+                fld, code, _ = row.problems[0]
+                quarantine.append((i, "read", fld, code, "; ".join(p[2] for p in row.problems)))
+                continue
+            # As in _batch, from map_row on.
+            record, errors = map_row(row.data)
+            stage = "map"
+            if not errors:
+                errors = validate(dataset, record)
+                stage = "validate"
+            if errors:
+                quarantine.append(
+                    (i, stage, errors[0].field, errors[0].code, _errors_message(errors))
+                )
+                if not any(
+                    e.field in rp.record_key_fields or e.field == "id_number" for e in errors
+                ):
+                    with contextlib.suppress(KeyProblem, ValueError, TypeError):
+                        sk = rp.subject_key(record)
+                        keep.append(rp.record_key(record, sk))
+                continue
+            try:
+                subject_key, record_key, content_hash = key_and_hash(record)
+            except KeyProblem as problem:
+                quarantine.append((i, "key", problem.field, problem.code, problem.message))
+                continue
+            first_pending = pending.get(record_key)
+            if first_pending is not None:
+                q = self._duplicate_of(row, rows[first_pending[0]])
+                quarantine.append((i, q.stage, q.field, q.reason, q.message))
+                continue
+            pending[record_key] = (i, record, subject_key, content_hash, fingerprints[i])
+        records = [p[1] for p in pending.values()]
+        return Prepared(
+            cursor=batch.cursor,
+            count=len(rows),
+            positions=(rows[0].position, rows[-1].position) if rows else ("", ""),
+            rows=pickle.dumps(
+                [(r.position, r.data, r.problems) for r in rows], pickle.HIGHEST_PROTOCOL
+            ),
+            quarantine=quarantine,
+            keep=keep,
+            pending=[(i, rk, sk, ch, fp) for rk, (i, _, sk, ch, fp) in pending.items()],
+            records=records,
+        )
+
+    def _batch_prepared(self, prepared: Prepared) -> None:
+        """A batch the reading worker prepared: looked up, sealed, written and committed as
+        ``_batch`` does (``_apply``)."""
+        rows = Rows(prepared)
+        records = prepared.records
+        pending = {
+            rk: (i, rows.ref(i), records[j], sk, ch, fp)
+            for j, (i, rk, sk, ch, fp) in enumerate(prepared.pending)
+        }
+        quarantine = [_Q(rows.ref(i), *q) for i, *q in prepared.quarantine]
+        self._apply(
+            Batch(rows, prepared.cursor),  # type: ignore[arg-type]
+            prepared.positions,
+            quarantine,
+            pending,
+            prepared.keep,
+            {},
+            [],
+            0,
+        )
+
+    def _apply(
+        self,
+        batch: Batch,
+        positions: tuple[str, str],
+        quarantine: list[_Q],
+        pending: dict[str, tuple[int, Any, Any, str, str, bytes | None]],
+        keep: list[str],
+        claimed: dict[int, int],
+        seen_ids: list[int],
+        unchanged: int,
+    ) -> None:
+        """The rest of a batch, from the look-up by record key on: inserts, updates, duplicates
+        of stored rows, then the write transaction."""
+        rp = self.rp
+        rows = batch.rows
+        run_ids = self.run_ids
+        seen_batch_of = self.seen.batch_of
         existing = self._existing(list(pending) + keep)
         this_batch = self.batch_no + 1
         inserts: list[tuple[str, dict[str, Any], str, str, bytes | None]] = []
@@ -910,6 +1050,8 @@ class JobRunner:
                 )
                 store.insert(conn, columns)
                 inserted_upto = conn.execute(select(func.max(self.table.c.id))).scalar_one()
+                if self._bulk_keys:
+                    store.bulk_keys_add(conn, [_key_hash(rk) for rk, *_ in inserts], this_batch)
             if updates:
                 columns = rp.stored_batch(
                     [rec for _, _, rec, _, _, _ in updates], [sk for _, _, _, sk, _, _ in updates]
@@ -928,7 +1070,6 @@ class JobRunner:
             store.set_fingerprints(conn, refresh)
             if quarantine:
                 self._store_quarantine(conn, quarantine, now)
-            positions = (rows[0].position, rows[-1].position) if rows else ("", "")
             if self.replaying is not None:
                 self._resolve_replayed(conn, batch, quarantine, now)
             elif self.snapshot:
@@ -948,7 +1089,7 @@ class JobRunner:
                     state.cursor = json.dumps(batch.cursor, default=str)
                 state.batch_no = this_batch
                 state.updated_at = now
-            n_read = len(rows)
+            n_read = len(batch.rows)
             session.execute(
                 update(Run)
                 .where(Run.id == s.run_id)
@@ -1150,12 +1291,115 @@ class JobRunner:
         it). Between batches it holds no transaction."""
         with self.site.engine.connect() as conn:
             self.store.tune(conn)
+            bulk_keys = self._bulk_keys
+            if bulk_keys:
+                self.store.bulk_keys_drop(conn)  # a pooled connection's, from a failed run
+                self.store.bulk_keys_create(conn)
             conn.commit()
             self._conn = conn
             try:
                 yield
             finally:
                 self._conn = None
+                if bulk_keys:  # not left to the next user of the pooled connection
+                    if conn.in_transaction():
+                        conn.rollback()
+                    with contextlib.suppress(SQLAlchemyError):  # else it goes with the connection
+                        self.store.bulk_keys_drop(conn)
+                        conn.commit()
+
+    @contextlib.contextmanager
+    def _bulk_load(self) -> Iterator[None]:
+        """A first ingest into a table holding nothing of the source (SQLite): the table's indexes
+        (natural key, subject key, fingerprint, area code, ...) are dropped while the batches are
+        written and built once at the end (sorted, instead of a random insert per row and index
+        that every commit writes to the WAL), before removals, match or the API read them; after
+        a failure too. Killed in between: the next run of any job on the table builds them
+        first (``_start``). Meanwhile this run reads none of them: no fingerprint can match, and
+        its own earlier rows (a later duplicate) are found through ``_bulk_existing``. Not taken
+        when another job writes the same source into the same table: nothing would keep the two
+        from storing one record key twice."""
+        if self.dry_run or self._shares_source():
+            yield
+            return
+        with self.site.engine.begin() as conn:
+            bulk = self.store.can_bulk_load(conn, self.job.source)
+            if bulk:
+                self.store.drop_deferred_indexes(conn)
+        if not bulk:
+            yield
+            return
+        self._bulk_keys = True
+        try:
+            yield
+        except BaseException:
+            try:
+                with self.site.engine.begin() as conn:
+                    self.store.create_missing_indexes(conn)
+            except SQLAlchemyError as exc:  # the next run builds them
+                log.warning(
+                    "job %s: indexes of %s not rebuilt: %s",
+                    self.job.name,
+                    self.table.name,
+                    _first_line(exc),
+                )
+            raise
+        finally:
+            self._bulk_keys = False
+        with self.site.engine.begin() as conn:
+            self.store.create_missing_indexes(conn)
+
+    def _shares_source(self) -> bool:
+        """Whether another configured job writes this job's source into the same dataset."""
+        for name, other in self.site.settings.jobs.items():
+            if name == self.job.name or other.source != self.job.source:
+                continue
+            try:
+                if _job_dataset(self.site, other) == self.job.dataset:
+                    return True
+            except ConfigError:
+                return True
+        return False
+
+    def _bulk_existing(self, keys: Sequence[str]) -> dict[str, Found] | None:
+        """``_existing`` during a bulk load: rows an earlier batch of this run inserted, found by
+        their key's hash in the temporary table, then read by id within that batch's id range
+        (exactly: a hash is not a key). None when two keys share a hash (64 bits: about once in
+        10^7 runs of a million rows): the run then builds the natural-key index and looks up as
+        usual from there on."""
+        hashes = {_key_hash(k): k for k in keys}
+        if len(hashes) < len(keys):
+            self._end_bulk_keys()
+            return None
+        with self._reading() as conn:
+            hits = self.store.bulk_keys_hits(conn, list(hashes))
+            out: dict[str, Found] = {}
+            bounds = self.insert_bounds
+            for h, batch in hits:
+                key = hashes[h]
+                j = next((j for j, (_, b) in enumerate(bounds) if b == batch), None)
+                found = None
+                if j is not None:
+                    after = bounds[j - 1][0] if j > 0 else 0
+                    found = self.store.by_record_key_between(
+                        conn, self.job.source, key, after, bounds[j][0]
+                    )
+                if found is None:  # another key with the same hash
+                    break
+                out[key] = found
+            else:
+                return out
+        self._end_bulk_keys()
+        return None
+
+    def _end_bulk_keys(self) -> None:
+        """Leave the hash look-ups: build the natural-key index now (the run has written no key
+        twice) and drop the temporary table; the plain indexes still wait for the end."""
+        with self._writing() as session:
+            conn = session.connection()
+            self.store.create_missing_indexes(conn, unique=True)
+            self.store.bulk_keys_drop(conn)
+        self._bulk_keys = False
 
     @contextlib.contextmanager
     def _reading(self) -> Iterator[Connection]:
@@ -1215,6 +1459,10 @@ class JobRunner:
         among ``keys``."""
         if not keys:
             return {}
+        if self._bulk_keys:
+            found = self._bulk_existing(keys)
+            if found is not None:
+                return found
         with self._reading() as conn:
             return self.store.by_record_key(conn, self.job.source, keys)
 

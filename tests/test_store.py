@@ -116,3 +116,39 @@ def test_missing_config_exits_2_without_traceback(tmp_path) -> None:
     result = CliRunner().invoke(cli, ["--config", str(tmp_path / "nope.toml"), "db", "upgrade"])
     assert result.exit_code == 2
     assert "no such config file" in result.output and "Traceback" not in result.output
+
+
+def test_0002_turns_the_natural_key_into_a_unique_index(store_url: str) -> None:
+    from alembic import command
+
+    engine = create_store_engine(store_url)
+    command.upgrade(migrate.alembic_config(engine), "0001")
+    now = dt.datetime(2026, 11, 24)
+    with engine.begin() as conn:
+        conn.execute(
+            sa.insert(Student.__table__),
+            [
+                dict(
+                    source="s",
+                    record_key="k",
+                    subject_key="x",
+                    id_type="1",
+                    content_hash="h",
+                    removed=False,
+                    updated_at=now,
+                )
+            ],
+        )
+    migrate.upgrade(engine)
+    assert _diff(engine) == []
+    indexes = {ix["name"]: ix for ix in sa.inspect(engine).get_indexes("students")}
+    assert indexes["uq_students_source_record_key"]["unique"]
+    assert indexes["uq_students_source_record_key"]["column_names"] == ["source", "record_key"]
+    with engine.connect() as conn:
+        assert conn.execute(sa.select(Student.__table__.c.record_key)).scalars().all() == ["k"]
+    row = dict(source="s", record_key="k", subject_key="y", content_hash="h", updated_at=now)
+    with pytest.raises(sa.exc.IntegrityError), sa.orm.Session(engine) as session, session.begin():
+        session.add(Student(**row))
+    command.downgrade(migrate.alembic_config(engine), "0001")
+    assert migrate.current_revision(engine) == "0001"
+    engine.dispose()

@@ -8,7 +8,7 @@ import json
 import pytest
 import sqlalchemy as sa
 
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, SourceError
 from gateway.store.jobs import JobCursor, QuarantineRow, Run, SnapshotSeen
 from gateway.store.records import Resident
 from gateway.sync import RunSummary, SyncFailed, run_job
@@ -320,3 +320,281 @@ def test_quiet_gc_is_restored_by_the_last_run_out():
     assert gc.get_threshold()[0] >= 10_000
     second.__exit__(None, None, None)
     assert gc.get_threshold() == before and gc.get_freeze_count() == 0
+
+
+def _plain_indexes(site) -> set[str]:
+    names = {ix["name"] for ix in sa.inspect(site.engine).get_indexes("residents")}
+    return {n for n in names if n in _PLAIN}
+
+
+_PLAIN = {
+    "ix_residents_subject_key",
+    "ix_residents_area_code",
+    "ix_residents_fingerprint",
+    "uq_residents_source_record_key",
+}
+
+
+def test_first_ingest_builds_its_indexes_once_at_its_end(make_site, urls, monkeypatch):
+    from gateway.sync_store import DatasetTable
+
+    write_source(urls[0], people(300))
+    site = _site(make_site, urls, batch_size=100)
+    during: list[set[str]] = []
+    insert = DatasetTable.insert
+
+    def spy(self, conn, columns):
+        during.append(_plain_indexes(site))
+        return insert(self, conn, columns)
+
+    monkeypatch.setattr(DatasetTable, "insert", spy)
+    first = run_job(site, "residents")
+    assert first.inserted == 300 and len(during) == 3
+    # SQLite: a first ingest writes without the table's indexes; PostgreSQL keeps them.
+    assert all(d == (set() if site.engine.dialect.name == "sqlite" else _PLAIN) for d in during)
+    assert _plain_indexes(site) == _PLAIN
+    # A later run into rows of the source keeps them all the way.
+    during.clear()
+    write_source(urls[0], people(350))
+    again = run_job(site, "residents")
+    assert again.inserted == 50 and during and all(d == _PLAIN for d in during)
+    assert _plain_indexes(site) == _PLAIN
+
+
+def test_next_run_builds_the_indexes_a_killed_bulk_load_left_out(make_site, urls):
+    write_source(urls[0], people(120))
+    site = _site(make_site, urls)
+    run_job(site, "residents")
+    if site.engine.dialect.name != "sqlite":
+        pytest.skip("bulk loads drop indexes on SQLite only")
+    with site.engine.begin() as conn:  # what a bulk load killed before its end leaves
+        for name in sorted(_PLAIN):
+            conn.exec_driver_sql(f"DROP INDEX {name}")
+    again = run_job(site, "residents")
+    assert again.unchanged == 120
+    assert _plain_indexes(site) == _PLAIN
+
+
+def test_failed_bulk_load_still_builds_its_indexes(make_site, urls, monkeypatch):
+    from gateway import sync
+
+    write_source(urls[0], people(300))
+    site = _site(make_site, urls, batch_size=100)
+    calls = 0
+    original = sync.JobRunner._batch
+
+    def failing(self, batch):
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise sa.exc.OperationalError("INSERT", {}, Exception("disk I/O error"))
+        return original(self, batch)
+
+    monkeypatch.setattr(sync.JobRunner, "_batch", failing)
+    with pytest.raises(SyncFailed):
+        run_job(site, "residents")
+    assert _plain_indexes(site) == _PLAIN
+    monkeypatch.setattr(sync.JobRunner, "_batch", original)
+    resumed = run_job(site, "residents")
+    assert (resumed.resumed_from, resumed.read, resumed.inserted) == (1, 200, 200)
+    assert len(_stored(site)) == 300
+
+
+@pytest.mark.parametrize("clash", ["across batches", "within a batch"])
+def test_bulk_load_survives_record_keys_whose_hashes_collide(make_site, urls, monkeypatch, clash):
+    from gateway import sync
+    from gateway.sync_store import DatasetTable
+
+    rows = people(200)
+    write_source(urls[0], rows + [dict(rows[5], pid=10_000)])  # a real duplicate, batch 5
+    site = _site(make_site, urls, batch_size=50)
+    if site.engine.dialect.name != "sqlite":
+        pytest.skip("bulk loads are SQLite only")
+
+    def key(i: int) -> str:
+        return site.protector.blind_index(rows[i]["sfzh"])
+
+    clashing = (0, 60) if clash == "across batches" else (110, 111)
+    same = {key(i) for i in clashing}
+    monkeypatch.setattr(sync, "_key_hash", lambda k: 42 if k in same else hash(k))
+    unique_during: list[bool] = []
+    insert = DatasetTable.insert
+
+    def spy(self, conn, columns):
+        names = {ix["name"] for ix in sa.inspect(conn).get_indexes("residents")}
+        unique_during.append("uq_residents_source_record_key" in names)
+        return insert(self, conn, columns)
+
+    monkeypatch.setattr(DatasetTable, "insert", spy)
+    summary = run_job(site, "residents")
+    _check_adds_up(summary)
+    assert (summary.read, summary.inserted, summary.quarantined) == (201, 200, 1)
+    # From the batch of the clash on, the run looks up through the natural-key index.
+    first_with_index = 1 if clash == "across batches" else 2
+    assert unique_during == [i >= first_with_index for i in range(4)]  # batch 5: the duplicate
+    with site.begin() as s:
+        (q,) = s.execute(sa.select(QuarantineRow)).scalars()
+    assert (q.position, q.reason) == ("people:pid=10000", "duplicate")
+    assert "between people:pid=0 and people:pid=49" in q.message
+    assert len({r.record_key for r in _stored(site)}) == 200
+    assert _plain_indexes(site) == _PLAIN
+
+
+def _csv_job(path, batch_size: int, targets: list[str] | None = None) -> dict:
+    return {
+        "systems": {
+            "registry": {
+                "plugin": "test_registry",
+                "connector": "csv",
+                "path": str(path),
+                "mapping": "test_registry/residents",
+            }
+        },
+        "jobs": {
+            "residents": {
+                "source": "registry",
+                "dataset": "residents",
+                "mode": "snapshot",
+                "batch_size": batch_size,
+                "targets": targets or [],
+            }
+        },
+    }
+
+
+def _write_csv(path, rows: list[dict], extra_lines: str = "") -> None:
+    import csv
+
+    columns = [c for c in rows[0] if c != "gxsj"]
+    with path.open("w", encoding="utf-8", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(columns)
+        for r in rows:
+            w.writerow([r[c] for c in columns])
+        f.write(extra_lines)
+
+
+def _outcome(site) -> tuple:
+    p = site.protector
+    with site.begin() as s:
+        stored = sorted(
+            (
+                r.record_key,
+                r.content_hash,
+                r.id_masked,
+                r.fingerprint,
+                p.open(r.name, dataset="residents", field="name", record=r.subject_key),
+            )
+            for r in s.execute(sa.select(Resident)).scalars()
+        )
+        quarantined = [
+            (
+                q.position,
+                q.stage,
+                q.field,
+                q.reason,
+                q.message,
+                p.open(q.row_sealed, dataset="quarantine", field="row", record=q.uid),
+            )
+            for q in s.execute(sa.select(QuarantineRow).order_by(QuarantineRow.id)).scalars()
+        ]
+    return stored, quarantined
+
+
+def test_reading_worker_stores_what_one_process_stores(make_site, tmp_path, monkeypatch):
+    from gateway import sync, sync_worker
+
+    rows = people(420)
+    rows[3]["sfzh"] = rows[3]["sfzh"][:17] + ("0" if rows[3]["sfzh"][17] != "0" else "1")
+    rows[7]["xm"] = ""
+    rows[21] = dict(rows[20], pid=21)  # a duplicate in the same batch
+    rows.append(dict(rows[10], pid=10_000))  # ... and in a later one
+    rows.append(dict(rows[300], pid=10_001))
+    path = tmp_path / "people.csv"
+    _write_csv(path, rows, extra_lines="1,2,3\n")  # a misshapen line: quarantined as read
+    used = []
+    prepared = sync.JobRunner._batch_prepared
+
+    def spy(self, p):
+        used.append(p.count)
+        return prepared(self, p)
+
+    monkeypatch.setattr(sync.JobRunner, "_batch_prepared", spy)
+    from gateway.store import Base
+
+    site = make_site(_csv_job(path, 100))
+    write_mappings(site.base_dir)
+    outcomes = []
+    for worker in ("1", "0"):
+        monkeypatch.setenv(sync_worker.ENV, worker)
+        Base.metadata.drop_all(site.engine)  # an empty store each time, the same keys
+        Base.metadata.create_all(site.engine)
+        summary = run_job(site, "residents")
+        _check_adds_up(summary)
+        assert (summary.read, summary.inserted, summary.quarantined) == (423, 417, 6), summary
+        outcomes.append(_outcome(site))
+    assert sum(used) == 423  # the first ran every batch through the worker, the second none
+    assert outcomes[0] == outcomes[1]
+    reasons = sorted(q[3] for q in outcomes[0][1])
+    assert reasons == [
+        "bad_check_digit",
+        "duplicate",
+        "duplicate",
+        "duplicate",
+        "field_count",
+        "required",
+    ]
+
+
+def test_reading_worker_reports_a_failed_read_as_the_run_s_failure(
+    make_site, tmp_path, monkeypatch
+):
+    from gateway import sync_worker
+    from gateway.connectors import Batch
+
+    path = tmp_path / "people.csv"
+    _write_csv(path, people(250))
+    site = make_site(_csv_job(path, 100))
+    write_mappings(site.base_dir)
+    from gateway.plugins import make_connector
+
+    connector_class = type(make_connector(site, "registry"))
+    read = connector_class.read
+
+    def failing(self, cursor=None, batch_size=5000):
+        for i, batch in enumerate(read(self, cursor, batch_size)):
+            if i == 1:
+                raise SourceError("registry", "people.csv", "the disk went away")
+            yield Batch(batch.rows, batch.cursor)
+
+    monkeypatch.setattr(connector_class, "read", failing)
+    monkeypatch.setenv(sync_worker.ENV, "1")
+    with pytest.raises(SyncFailed, match="the disk went away"):
+        run_job(site, "residents")
+    with site.begin() as s:
+        run = s.execute(sa.select(Run)).scalars().one()
+    assert (run.status, run.read, run.inserted) == ("failed", 100, 100)
+    assert "the disk went away" in run.error
+
+
+def test_reading_worker_only_beside_threads_that_cannot_hold_its_locks(make_site, tmp_path):
+    import threading
+
+    from gateway import sync_worker
+    from gateway.plugins import make_connector
+
+    path = tmp_path / "people.csv"
+    _write_csv(path, people(3))
+    site = make_site(_csv_job(path, 100))
+    connector = make_connector(site, "registry")
+    stop = threading.Event()
+    assert sync_worker.usable(connector)
+    for name, expected in (("lease-residents", True), ("api-worker", False)):
+        thread = threading.Thread(target=stop.wait, name=name, daemon=True)
+        thread.start()
+        try:
+            assert sync_worker.usable(connector) is expected
+        finally:
+            stop.set()
+            thread.join()
+            stop.clear()

@@ -86,6 +86,7 @@ def mapped(monkeypatch):
     """How many native rows the next runs map (the mapper is wrapped, not replaced)."""
     calls = {"rows": 0}
     resolve = gateway.sync.resolve_job
+    monkeypatch.setenv("GATEWAY_SYNC_WORKER", "0")  # counted in this process: no reading worker
 
     def counting_resolve(*args, **kwargs):
         job = resolve(*args, **kwargs)

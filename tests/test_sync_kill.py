@@ -218,3 +218,106 @@ def test_sigkill_at_random_points_loses_and_doubles_nothing(tmp_path):
         launcher.close()
         killed.engine.dispose()
         reference.engine.dispose()
+
+
+def _csv_site(folder: Path, csv_path: Path, keyring_from: Path | None = None) -> Site:
+    path = write_site(
+        folder,
+        f"sqlite:///{folder / 'store.db'}",
+        {
+            "systems": {
+                "registry": {
+                    "plugin": "test_registry",
+                    "connector": "csv",
+                    "path": str(csv_path),
+                    "mapping": "test_registry/residents",
+                }
+            },
+            "jobs": {
+                "residents": {
+                    "source": "registry",
+                    "dataset": "residents",
+                    "mode": "snapshot",
+                    "batch_size": BATCH,
+                }
+            },
+        },
+    )
+    if keyring_from is not None:
+        shutil.copy(keyring_from, folder / "keyring.json")
+        os.chmod(folder / "keyring.json", 0o600)
+    write_mappings(folder)
+    site = Site.from_config(path)
+    Base.metadata.create_all(site.engine)
+    return site
+
+
+def _children(pid: int) -> set[int]:
+    out = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rpartition(")")[2].split()[1]) == pid:
+                out.add(int(entry.name))
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_sigkill_of_a_first_ingest_with_its_reading_worker(tmp_path, monkeypatch):
+    """A CSV first ingest maps and seals in a reading worker (gateway/sync_worker.py): killed at
+    random points it ends as one uninterrupted single-process run, and no worker outlives its run."""
+    import csv
+
+    from gateway.sync import run_job
+
+    rows = people(40_000)
+    data = tmp_path / "people.csv"
+    with data.open("w", encoding="utf-8", newline="") as f:
+        w = csv.writer(f)
+        columns = [c for c in rows[0] if c != "gxsj"]
+        w.writerow(columns)
+        for r in rows:
+            w.writerow([r[c] for c in columns])
+    killed = _csv_site(tmp_path / "killed", data)
+    reference = _csv_site(tmp_path / "reference", data, tmp_path / "killed" / "keyring.json")
+    monkeypatch.setenv("GATEWAY_SYNC_WORKER", "0")
+    assert run_job(reference, "residents").inserted == len(rows)
+    monkeypatch.delenv("GATEWAY_SYNC_WORKER")
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    launcher = SyncLauncher(ROOT)
+    try:
+        kill = Killer(launcher, killed, tmp_path / "killed" / "gateway.toml", logs)
+        rnd = random.Random(20261125)
+        workers: set[int] = set()
+        for target in sorted(rnd.sample(range(1, len(rows) // BATCH - 2), 10)):
+            done = max(target, _cursor(killed)[1] + 1)
+            pid = kill.start()
+            while _cursor(killed)[1] < done:
+                assert launcher.poll(pid) is None, "the run finished early"
+                time.sleep(POLL_S)
+            time.sleep(rnd.uniform(0.0, 0.05))
+            workers |= _children(pid)
+            os.kill(pid, signal.SIGKILL)
+            assert launcher.wait(pid) == -signal.SIGKILL
+        kill.finish()
+        assert len(workers) >= 8, f"runs with a reading worker: {len(workers)} of 10"
+        deadline = time.monotonic() + 5
+        while any(Path(f"/proc/{w}").exists() for w in workers) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        alive = [w for w in workers if Path(f"/proc/{w}").exists()]
+        assert not alive, f"reading workers outlived their killed run: {alive}"
+        assert _store_state(killed) == _store_state(reference)
+        runs = _runs(killed)
+        assert sum(r.inserted for r in runs) == len(rows)
+        assert sum(r.read for r in runs) == len(rows)
+        for r in runs:
+            assert r.read == r.inserted + r.updated + r.unchanged + r.quarantined, r.id
+    finally:
+        launcher.close()
+        killed.engine.dispose()
+        reference.engine.dispose()

@@ -56,13 +56,15 @@ class RecordMixin:
 
     @declared_attr.directive
     def __table_args__(cls):  # noqa: N805 - SQLAlchemy's declared_attr convention
-        from sqlalchemy import Index, UniqueConstraint
+        from sqlalchemy import Index
 
         # The sync's look-up by fingerprint reads this index only, never the table rows (it needs
         # last_run_id: which rows this run wrote already), and so does its count of the rows a
-        # snapshot may have to mark removed.
+        # snapshot may have to mark removed. The natural key is a unique *index* (not a table
+        # constraint, revision 0002) so that a first ingest into SQLite can drop it and build it
+        # once at its end (gateway/sync.py, bulk load).
         return (
-            UniqueConstraint("source", "record_key"),
+            Index(f"uq_{cls.__tablename__}_source_record_key", "source", "record_key", unique=True),
             Index(
                 f"ix_{cls.__tablename__}_fingerprint",
                 "source",
