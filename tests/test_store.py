@@ -112,6 +112,28 @@ def test_db_upgrade_and_status_commands(tmp_path) -> None:
     assert runner.invoke(cli, ["--config", str(config), "db", "status"]).exit_code == 0
 
 
+def test_db_upgrade_rebuilds_indexes_a_killed_bulk_load_left_out(tmp_path) -> None:
+    from gateway.store.records import Student
+    from gateway.sync_store import DatasetTable
+
+    config = tmp_path / "gateway.toml"
+    config.write_text('[gateway]\nstore = "sqlite:///g.db"\n', encoding="utf-8")
+    runner = CliRunner()
+    assert runner.invoke(cli, ["--config", str(config), "db", "upgrade"]).exit_code == 0
+    engine = create_store_engine(f"sqlite:///{tmp_path / 'g.db'}")
+    table = DatasetTable(Student.__table__, "sqlite", engine.dialect)
+    with engine.begin() as conn:
+        table.drop_deferred_indexes(conn)  # as a bulk load does before its first batch
+        dropped = table.missing_indexes(conn)
+    assert dropped
+    result = runner.invoke(cli, ["--config", str(config), "db", "upgrade"])
+    assert result.exit_code == 0, result.output
+    assert all(f"index rebuilt: {name}" in result.output for name in dropped)
+    with engine.connect() as conn:
+        assert table.missing_indexes(conn) == []
+    engine.dispose()
+
+
 def test_missing_config_exits_2_without_traceback(tmp_path) -> None:
     result = CliRunner().invoke(cli, ["--config", str(tmp_path / "nope.toml"), "db", "upgrade"])
     assert result.exit_code == 2

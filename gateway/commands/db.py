@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import click
+from sqlalchemy import Engine
 
 from ..store import migrate
 
@@ -21,6 +22,22 @@ def upgrade(site) -> None:
         click.echo(f"store is current (revision {after})")
     else:
         click.echo(f"store upgraded: {before or 'empty'} -> {after}")
+    for name in rebuild_deferred_indexes(site.engine):
+        click.echo(f"index rebuilt: {name} (left out by an interrupted first ingest)")
+
+
+def rebuild_deferred_indexes(engine: Engine) -> list[str]:
+    """Build the dataset indexes a killed SQLite bulk load left out (gateway/sync_store.py); the
+    next sync of that table would build them too, but match and the API want them now."""
+    from ..store.records import DATASET_MODELS
+    from ..sync_store import DatasetTable
+
+    built: list[str] = []
+    with engine.begin() as conn:
+        for model in DATASET_MODELS.values():
+            table = DatasetTable(model.__table__, engine.dialect.name, engine.dialect)
+            built += table.create_missing_indexes(conn)
+    return built
 
 
 @db_group.command("status")
