@@ -242,3 +242,20 @@ def test_an_answer_waits_until_its_batch_is_flushed_to_disk(site, monkeypatch) -
                 {"lsn": written[-1]},
             ).scalar()
         assert flushed_past
+
+
+def test_a_server_refusing_the_flush_barrier_fails_that_batch_then_commits_synchronously(
+    site, monkeypatch
+) -> None:
+    _pg_only(site)
+    from gateway.errors import StoreError
+    from gateway.web import commit
+
+    committer = GroupCommitter(site)
+    committer.commit(("edu-1", "barrier-0", EXPIRES), [event(0)])  # general path
+    monkeypatch.setattr(commit, "_FLUSH_SQL", "SELECT gateway_no_such_function()")
+    with pytest.raises(StoreError):
+        committer.commit(("edu-1", "barrier-1", EXPIRES), [event(1)])
+    committer.commit(("edu-1", "barrier-2", EXPIRES), [event(2)])  # synchronous: no barrier
+    report = verify_store(site)
+    assert not report.problems
