@@ -149,3 +149,113 @@ def test_a_batch_due_for_a_checkpoint_is_signed(make_site) -> None:
     report = verify_store(site)
     assert report.entries == 12 and not report.problems
     assert report.checkpoints >= 2
+
+
+def _pg_only(site) -> None:
+    if site.engine.dialect.name != "postgresql":
+        pytest.skip(
+            "the one-statement batch, the host's turns and the flush barrier are PostgreSQL's"
+        )
+
+
+def test_committers_of_one_host_take_turns_and_pass_the_head(site, monkeypatch) -> None:
+    """Two workers of one host: each batch starts from the head the other left in the hint, so
+    no batch statement misses a head the other moved (one statement per batch)."""
+    _pg_only(site)
+    from gateway.web import commit
+
+    statements: list[str] = []
+    execute = commit._PgWriter._execute
+
+    def counted(self, sql, params):
+        statements.append(sql)
+        return execute(self, sql, params)
+
+    monkeypatch.setattr(commit._PgWriter, "_execute", counted)
+    first, second = GroupCommitter(site), GroupCommitter(site)
+    first.commit(("edu-1", "turn-start", EXPIRES), [event(0)])  # the chain's first entry
+    first.commit(("edu-1", "turn-read", EXPIRES), [event(0)])  # reads the head it left
+    statements.clear()
+    for i in range(1, 11):
+        (first if i % 2 else second).commit(("edu-1", f"turn-{i:04d}", EXPIRES), [event(i)])
+    assert statements.count(commit._BATCH_SQL) == 10
+    assert len(statements) == 10  # not even a read of the head
+    report = verify_store(site)
+    assert report.entries == 12 and not report.problems
+
+
+def test_a_forged_head_hint_costs_a_retry_not_a_wrong_link(site) -> None:
+    _pg_only(site)
+    first = GroupCommitter(site)
+    first.commit(("edu-1", "hint-0", EXPIRES), [event(0)])
+    first.commit(("edu-1", "hint-1", EXPIRES), [event(1)])
+    path = first._pg._turn.path
+    forged = f"7 {'ab' * 32} 2026-01-01T00:00:00 0 -".encode().ljust(256)
+    for text in (forged, b"garbage", b""):
+        path.write_bytes(text)
+        second = GroupCommitter(site)  # a new process: its own view of the head
+        second.commit(("edu-1", f"hint-{len(text)}-{text[:3]!r}", EXPIRES), [event(2)])
+    report = verify_store(site)
+    assert report.entries == 5 and not report.problems
+
+
+def test_a_hint_file_of_another_user_or_readable_by_others_is_not_used(site, monkeypatch) -> None:
+    _pg_only(site)
+    from gateway.web import commit
+
+    turn = commit._HostTurn("postgresql+psycopg://x@db/other-" + str(id(site)))
+    turn.path.write_bytes(b"")
+    turn.path.chmod(0o644)
+    try:
+        with turn:
+            assert turn._fd is None  # not used: the committers race as before
+    finally:
+        turn.path.unlink()
+
+
+def test_an_answer_waits_until_its_batch_is_flushed_to_disk(site, monkeypatch) -> None:
+    """The batch statement commits without waiting for its WAL flush (the head's lock is not held
+    through it); the barrier after it returns only once the WAL is flushed past the batch."""
+    _pg_only(site)
+    import sqlalchemy as sa
+
+    from gateway.web import commit
+
+    written: list[str] = []
+    flush = commit._PgWriter._flush
+
+    def watched(self) -> None:
+        with site.engine.connect() as conn:  # past the batch's commit record
+            written.append(conn.execute(sa.text("SELECT pg_current_wal_insert_lsn()")).scalar())
+        flush(self)
+
+    monkeypatch.setattr(commit._PgWriter, "_flush", watched)
+    committer = GroupCommitter(site)
+    committer.commit(("edu-1", "flush-first", EXPIRES), [event(0)])  # general path: synchronous
+    for i in range(3):
+        written.clear()
+        committer.commit(("edu-1", f"flush-{i}", EXPIRES), [event(i)])
+        assert len(written) == 1
+        with site.engine.connect() as conn:
+            flushed_past = conn.execute(
+                sa.text("SELECT pg_current_wal_flush_lsn() >= CAST(:lsn AS pg_lsn)"),
+                {"lsn": written[-1]},
+            ).scalar()
+        assert flushed_past
+
+
+def test_a_server_refusing_the_flush_barrier_fails_that_batch_then_commits_synchronously(
+    site, monkeypatch
+) -> None:
+    _pg_only(site)
+    from gateway.errors import StoreError
+    from gateway.web import commit
+
+    committer = GroupCommitter(site)
+    committer.commit(("edu-1", "barrier-0", EXPIRES), [event(0)])  # general path
+    monkeypatch.setattr(commit, "_FLUSH_SQL", "SELECT gateway_no_such_function()")
+    with pytest.raises(StoreError):
+        committer.commit(("edu-1", "barrier-1", EXPIRES), [event(1)])
+    committer.commit(("edu-1", "barrier-2", EXPIRES), [event(2)])  # synchronous: no barrier
+    report = verify_store(site)
+    assert not report.problems
