@@ -56,7 +56,7 @@ import time
 import uuid
 import zlib
 from array import array
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -405,6 +405,19 @@ class _Q:
     field: str | None
     reason: str
     message: str
+
+
+@dataclass(slots=True)
+class _Mapped:
+    """What mapping a batch's rows gave (``JobRunner._map_rows``)."""
+
+    # (index in the batch, row, stage, field, reason, message) of rows bound for quarantine
+    quarantine: list[tuple[int, Row, str, str | None, str, str]] = field(default_factory=list)
+    # record key -> (index, row, record, subject key, content hash, fingerprint), first row only
+    pending: dict[str, tuple[int, Row, dict[str, Any], str, str, bytes | None]] = field(
+        default_factory=dict
+    )
+    keep: list[str] = field(default_factory=list)  # keys of quarantined rows whose stored row stays
 
 
 def _first_line(exc: BaseException) -> str:
@@ -781,17 +794,9 @@ class JobRunner:
     # ---- one batch --------------------------------------------------------------------------
 
     def _batch(self, batch: Batch) -> None:
-        rp = self.rp
-        map_row = self.mapper.map_row
-        validate = self._validate
-        dataset = self.job.dataset
-        key_and_hash = rp.key_and_hash
         run_ids = self.run_ids
         rows = batch.rows
         quarantine: list[_Q] = []
-        # record_key -> (index in the batch, row, record, subject key, content hash, fingerprint)
-        pending: dict[str, tuple[int, Row, dict[str, Any], str, str, bytes | None]] = {}
-        keep: list[str] = []  # record keys of quarantined rows: their stored row is still there
         # Stored rows this batch matched so far: row id -> index in the batch of the row. The
         # first row of the input wins; a later one with the same stored row is a duplicate.
         claimed: dict[int, int] = {}
@@ -823,21 +828,39 @@ class JobRunner:
                 unchanged = self._hit_duplicates(
                     rows, hit_at, ids, lasts, claimed, seen_ids, quarantine
                 )
-        for i, row in zip(todo, _rows_at(rows, todo), strict=True):
+        mapped = self._map_rows(zip(todo, _rows_at(rows, todo), strict=True), fingerprints)
+        quarantine.extend(_Q(row, *why) for _, row, *why in mapped.quarantine)
+        pending, keep = mapped.pending, mapped.keep
+
+        positions = (rows[0].position, rows[-1].position) if rows else ("", "")
+        self._apply(batch, positions, quarantine, pending, keep, claimed, seen_ids, unchanged)
+
+    def _map_rows(
+        self, rows_at: Iterable[tuple[int, Row]], fingerprints: Sequence[bytes | None]
+    ) -> _Mapped:
+        """Map, validate and key the rows (index in the batch, row) that no fingerprint settled:
+        the one mapping path of ``_batch`` and of the reading worker (``_prepare``)."""
+        rp = self.rp
+        map_row = self.mapper.map_row
+        validate = self._validate
+        dataset = self.job.dataset
+        key_and_hash = rp.key_and_hash
+        out = _Mapped()
+        quarantine, pending, keep = out.quarantine, out.pending, out.keep
+        for i, row in rows_at:
             if row.problems:
                 fld, code, _ = row.problems[0]
-                quarantine.append(_Q(row, "read", fld, code, "; ".join(p[2] for p in row.problems)))
+                msg = "; ".join(p[2] for p in row.problems)
+                quarantine.append((i, row, "read", fld, code, msg))
                 continue
-            fp = fingerprints[i]
             record, errors = map_row(row.data)
             stage = "map"
             if not errors:
                 errors = validate(dataset, record)
                 stage = "validate"
             if errors:
-                quarantine.append(
-                    _Q(row, stage, errors[0].field, errors[0].code, _errors_message(errors))
-                )
+                first = errors[0]
+                quarantine.append((i, row, stage, first.field, first.code, _errors_message(errors)))
                 if not any(
                     e.field in rp.record_key_fields or e.field == "id_number" for e in errors
                 ):
@@ -848,65 +871,28 @@ class JobRunner:
             try:
                 subject_key, record_key, content_hash = key_and_hash(record)
             except KeyProblem as problem:
-                quarantine.append(_Q(row, "key", problem.field, problem.code, problem.message))
+                quarantine.append((i, row, "key", problem.field, problem.code, problem.message))
                 continue
             first_pending = pending.get(record_key)
             if first_pending is not None:
-                quarantine.append(self._duplicate_of(row, first_pending[1]))
+                q = self._duplicate_of(row, first_pending[1])
+                quarantine.append((i, row, q.stage, q.field, q.reason, q.message))
                 continue
-            pending[record_key] = (i, row, record, subject_key, content_hash, fp)
-
-        positions = (rows[0].position, rows[-1].position) if rows else ("", "")
-        self._apply(batch, positions, quarantine, pending, keep, claimed, seen_ids, unchanged)
+            pending[record_key] = (i, row, record, subject_key, content_hash, fingerprints[i])
+        return out
 
     def _prepare(self, batch: Batch) -> Prepared:
         """The mapping path of ``_batch`` for every row of a batch, without the store: what the
         reading worker (gateway/sync_worker.py) hands over. Only for a source with no row stored
         but this input's, where a fingerprint hit could only be a duplicate, which the look-up by
         record key finds as well: no fingerprint is looked up."""
-        rp = self.rp
-        map_row = self.mapper.map_row
-        validate = self._validate
-        dataset = self.job.dataset
-        key_and_hash = rp.key_and_hash
         rows = batch.rows
-        quarantine: list[tuple[int, str, str | None, str, str]] = []
-        pending: dict[str, tuple[int, dict[str, Any], str, str, bytes | None]] = {}
-        keep: list[str] = []
-        fingerprints = self._fingerprints(batch)
-        for i, row in enumerate(rows):
-            if row.problems:
-                fld, code, _ = row.problems[0]
-                quarantine.append((i, "read", fld, code, "; ".join(p[2] for p in row.problems)))
-                continue
-            # As in _batch, from map_row on.
-            record, errors = map_row(row.data)
-            stage = "map"
-            if not errors:
-                errors = validate(dataset, record)
-                stage = "validate"
-            if errors:
-                quarantine.append(
-                    (i, stage, errors[0].field, errors[0].code, _errors_message(errors))
-                )
-                if not any(
-                    e.field in rp.record_key_fields or e.field == "id_number" for e in errors
-                ):
-                    with contextlib.suppress(KeyProblem, ValueError, TypeError):
-                        sk = rp.subject_key(record)
-                        keep.append(rp.record_key(record, sk))
-                continue
-            try:
-                subject_key, record_key, content_hash = key_and_hash(record)
-            except KeyProblem as problem:
-                quarantine.append((i, "key", problem.field, problem.code, problem.message))
-                continue
-            first_pending = pending.get(record_key)
-            if first_pending is not None:
-                q = self._duplicate_of(row, rows[first_pending[0]])
-                quarantine.append((i, q.stage, q.field, q.reason, q.message))
-                continue
-            pending[record_key] = (i, record, subject_key, content_hash, fingerprints[i])
+        mapped = self._map_rows(enumerate(rows), self._fingerprints(batch))
+        quarantine = [(i, *why) for i, _, *why in mapped.quarantine]
+        pending = {
+            rk: (i, rec, sk, ch, fp) for rk, (i, _, rec, sk, ch, fp) in mapped.pending.items()
+        }
+        keep = mapped.keep
         records = [p[1] for p in pending.values()]
         return Prepared(
             cursor=batch.cursor,
