@@ -115,6 +115,19 @@ def unreadable(path: Path, context: ConnectorContext, exc: OSError) -> SourceErr
     )
 
 
+def _resume(
+    cursor: Mapping[str, Any] | None, batch_size: int
+) -> tuple[list[str], str | None, dict[str, Any]]:
+    """(digests of the files fully read, the digest of the file to resume in, the position in
+    it) from a file reader's cursor."""
+    if batch_size < 1:
+        raise ValueError("batch_size must be at least 1")
+    cursor = dict(cursor or {})
+    done: list[str] = list(cursor.get("done", []))
+    resume_where = {k: v for k, v in cursor.items() if k not in ("done", "file")}
+    return done, cursor.get("file"), resume_where
+
+
 def read_files(
     files: Iterable[Path],
     cursor: Mapping[str, Any] | None,
@@ -130,14 +143,9 @@ def read_files(
     turns a reader's mark into that position. A batch's cursor is the position after its last row. The last batch (possibly empty, when only files without
     rows were finished) records every finished file as done.
     """
-    if batch_size < 1:
-        raise ValueError("batch_size must be at least 1")
-    cursor = dict(cursor or {})
-    done: list[str] = list(cursor.get("done", []))
+    done, resume_file, resume_where = _resume(cursor, batch_size)
     seen = set(done)
     started_with = len(done)
-    resume_file = cursor.get("file")
-    resume_where = {k: v for k, v in cursor.items() if k not in ("done", "file")}
     batch: list[Row] = []
     append = batch.append
     for path in files:
@@ -221,14 +229,9 @@ def read_files_raw(
 ) -> Iterator[Batch]:
     """``read_files`` for readers that give blocks of raw records: batches of ``RawRows`` (rows
     built only when the sync asks for them) with their ``RawRecords``; the same cursor."""
-    if batch_size < 1:
-        raise ValueError("batch_size must be at least 1")
-    cursor = dict(cursor or {})
-    done: list[str] = list(cursor.get("done", []))
+    done, resume_file, resume_where = _resume(cursor, batch_size)
     seen = set(done)
     started_with = len(done)
-    resume_file = cursor.get("file")
-    resume_where = {k: v for k, v in cursor.items() if k not in ("done", "file")}
     rows = RawRows()
     for path in files:
         sha = file_digest(path)
