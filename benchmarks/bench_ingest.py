@@ -39,7 +39,12 @@ sys.path.insert(0, str(ROOT))
 
 import tomli_w  # noqa: E402
 
-from tests.syncdata import MAPPING_TOML, SOURCE_COLUMNS, native_row  # noqa: E402
+from tests.syncdata import (  # noqa: E402
+    MAPPING_TOML,
+    SOURCE_COLUMNS,
+    file_job_config,
+    native_row,
+)
 
 COLUMNS = [c for c in SOURCE_COLUMNS if c != "gxsj"]
 TARGETS = {"first ingest": 100_000, "unchanged snapshot": 300_000}
@@ -96,22 +101,7 @@ def make_site(folder: Path, data: Path, connector: str, store: str | None, batch
             "store": store or f"sqlite:///{folder / 'store.db'}",
             "keyring": "keyring.json",
         },
-        "systems": {
-            "registry": {
-                "plugin": "test_registry",
-                "connector": connector,
-                "path": str(data),
-                "mapping": "test_registry/residents",
-            }
-        },
-        "jobs": {
-            "residents": {
-                "source": "registry",
-                "dataset": "residents",
-                "mode": "snapshot",
-                "batch_size": batch_size,
-            }
-        },
+        **file_job_config(data, batch_size=batch_size, connector=connector),
     }
     (folder / "gateway.toml").write_text(tomli_w.dumps(doc), encoding="utf-8")
     site = Site.from_config(folder / "gateway.toml")

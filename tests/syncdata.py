@@ -216,14 +216,46 @@ def job_config(
     if schedule:
         jobs["schedule"] = schedule
     if target_url:
-        systems["mirror"] = {
-            "plugin": "mirror",
-            "connector": "sql",
-            "url": target_url,
-            "table": "mirror_people",
-        }
+        systems["mirror"] = _mirror(target_url)
         jobs["targets"] = ["mirror"]
     return {"systems": systems, "jobs": {job: jobs}}
+
+
+def file_job_config(
+    path: Any,
+    *,
+    batch_size: int,
+    connector: str = "csv",
+    target_url: str | None = None,
+    retries: int | None = None,
+) -> dict[str, Any]:
+    """The [systems] and [jobs] tables of a site snapshotting the file(s) at ``path`` (read by
+    the csv or xlsx connector) into ``residents``."""
+    systems: dict[str, Any] = {
+        "registry": {
+            "plugin": "test_registry",
+            "connector": connector,
+            "path": str(path),
+            "mapping": MAPPING_SPEC,
+        }
+    }
+    job: dict[str, Any] = {
+        "source": "registry",
+        "dataset": "residents",
+        "mode": "snapshot",
+        "batch_size": batch_size,
+    }
+    if retries is not None:
+        job["retries"] = retries
+    if target_url:
+        systems["mirror"] = _mirror(target_url)
+        job["targets"] = ["mirror"]
+    return {"systems": systems, "jobs": {"residents": job}}
+
+
+def _mirror(target_url: str) -> dict[str, Any]:
+    """The SQL target system a job delivers to: table ``mirror_people`` at ``target_url``."""
+    return {"plugin": "mirror", "connector": "sql", "url": target_url, "table": "mirror_people"}
 
 
 def known_secrets(rows: Sequence[dict[str, Any]]) -> list[str]:

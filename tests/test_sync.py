@@ -15,6 +15,7 @@ from gateway.sync import RunSummary, SyncFailed, run_job
 from tests.syncdata import (
     create_target,
     dump_store_text,
+    file_job_config,
     job_config,
     known_secrets,
     people,
@@ -440,28 +441,6 @@ def test_bulk_load_survives_record_keys_whose_hashes_collide(make_site, urls, mo
     assert _plain_indexes(site) == _PLAIN
 
 
-def _csv_job(path, batch_size: int, targets: list[str] | None = None) -> dict:
-    return {
-        "systems": {
-            "registry": {
-                "plugin": "test_registry",
-                "connector": "csv",
-                "path": str(path),
-                "mapping": "test_registry/residents",
-            }
-        },
-        "jobs": {
-            "residents": {
-                "source": "registry",
-                "dataset": "residents",
-                "mode": "snapshot",
-                "batch_size": batch_size,
-                "targets": targets or [],
-            }
-        },
-    }
-
-
 def _write_csv(path, rows: list[dict], extra_lines: str = "") -> None:
     import csv
 
@@ -522,7 +501,7 @@ def test_reading_worker_stores_what_one_process_stores(make_site, tmp_path, monk
     monkeypatch.setattr(sync.JobRunner, "_batch_prepared", spy)
     from gateway.store import Base
 
-    site = make_site(_csv_job(path, 100))
+    site = make_site(file_job_config(path, batch_size=100))
     write_mappings(site.base_dir)
     outcomes = []
     for worker in ("1", "0"):
@@ -554,7 +533,7 @@ def test_reading_worker_reports_a_failed_read_as_the_run_s_failure(
 
     path = tmp_path / "people.csv"
     _write_csv(path, people(250))
-    site = make_site(_csv_job(path, 100))
+    site = make_site(file_job_config(path, batch_size=100))
     write_mappings(site.base_dir)
     from gateway.plugins import make_connector
 
@@ -585,7 +564,7 @@ def test_reading_worker_only_beside_threads_that_cannot_hold_its_locks(make_site
 
     path = tmp_path / "people.csv"
     _write_csv(path, people(3))
-    site = make_site(_csv_job(path, 100))
+    site = make_site(file_job_config(path, batch_size=100))
     connector = make_connector(site, "registry")
     stop = threading.Event()
     assert sync_worker.usable(connector)

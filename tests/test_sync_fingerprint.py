@@ -27,6 +27,7 @@ from tests.syncdata import (
     MAPPING_TOML,
     SOURCE_COLUMNS,
     create_target,
+    file_job_config,
     people,
     read_table,
     write_mappings,
@@ -49,34 +50,7 @@ def env(make_site, tmp_path):
     target = f"sqlite:///{tmp_path / 'target.db'}"
     create_target(target)
     data = tmp_path / "people.csv"
-    site = make_site(
-        {
-            "systems": {
-                "registry": {
-                    "plugin": "test_registry",
-                    "connector": "csv",
-                    "path": str(data),
-                    "mapping": "test_registry/residents",
-                },
-                "mirror": {
-                    "plugin": "mirror",
-                    "connector": "sql",
-                    "url": target,
-                    "table": "mirror_people",
-                },
-            },
-            "jobs": {
-                "residents": {
-                    "source": "registry",
-                    "dataset": "residents",
-                    "mode": "snapshot",
-                    "batch_size": 40,
-                    "retries": 0,
-                    "targets": ["mirror"],
-                }
-            },
-        }
-    )
+    site = make_site(file_job_config(data, batch_size=40, target_url=target, retries=0))
     write_mappings(site.base_dir)
     return site, data, target
 
@@ -356,24 +330,7 @@ def test_the_national_suite_recognises_unchanged_rows_too(make_site, tmp_path, m
     """Under the SM suite the fingerprint of the source bytes is an HMAC-SM3."""
     data = tmp_path / "people.csv"
     site = make_site(
-        {
-            "systems": {
-                "registry": {
-                    "plugin": "test_registry",
-                    "connector": "csv",
-                    "path": str(data),
-                    "mapping": "test_registry/residents",
-                }
-            },
-            "jobs": {
-                "residents": {
-                    "source": "registry",
-                    "dataset": "residents",
-                    "mode": "snapshot",
-                    "batch_size": 40,
-                }
-            },
-        },
+        file_job_config(data, batch_size=40),
         suite="sm4-gcm+hmac-sm3",
         name="sm",
     )

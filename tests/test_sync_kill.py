@@ -29,6 +29,7 @@ from tests.fixtures.sites import write_site
 from tests.syncdata import (
     SyncLauncher,
     create_target,
+    file_job_config,
     job_config,
     people,
     read_table,
@@ -224,24 +225,7 @@ def _csv_site(folder: Path, csv_path: Path, keyring_from: Path | None = None) ->
     path = write_site(
         folder,
         f"sqlite:///{folder / 'store.db'}",
-        {
-            "systems": {
-                "registry": {
-                    "plugin": "test_registry",
-                    "connector": "csv",
-                    "path": str(csv_path),
-                    "mapping": "test_registry/residents",
-                }
-            },
-            "jobs": {
-                "residents": {
-                    "source": "registry",
-                    "dataset": "residents",
-                    "mode": "snapshot",
-                    "batch_size": BATCH,
-                }
-            },
-        },
+        file_job_config(csv_path, batch_size=BATCH),
     )
     if keyring_from is not None:
         shutil.copy(keyring_from, folder / "keyring.json")
