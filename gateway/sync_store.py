@@ -226,50 +226,61 @@ class DatasetTable:
 
     # -- reads ------------------------------------------------------------------------------------
 
+    def _rows_in(
+        self,
+        conn: Connection,
+        columns: tuple[str, ...],
+        source: str,
+        column: str,
+        values: Sequence[Any],
+        present_only: bool = False,
+    ) -> Iterator[tuple[Any, ...]]:
+        """``columns`` of the rows of ``source`` whose ``column`` is one of ``values`` (only those
+        not removed if ``present_only``), asked in chunks of ``LOOKUP_CHUNK``."""
+        cols = ", ".join(columns)
+        if self.driver == "postgresql":
+            where = "source = %s" + (" AND removed = false" if present_only else "")
+            sql = f"SELECT {cols} FROM {self.name} WHERE {where} AND {column} = ANY(%s)"
+            with self._cursor(conn) as cur:
+                for i in range(0, len(values), LOOKUP_CHUNK):
+                    cur.execute(sql, (source, list(values[i : i + LOOKUP_CHUNK])))
+                    yield from cur.fetchall()
+            return
+        if self.driver == "sqlite":
+            where = "source = ?" + (" AND removed = 0" if present_only else "")
+            with self._cursor(conn) as cur:
+                for i in range(0, len(values), LOOKUP_CHUNK):
+                    part = values[i : i + LOOKUP_CHUNK]
+                    cur.execute(
+                        f"SELECT {cols} FROM {self.name} WHERE {where} "
+                        f"AND {column} IN ({', '.join('?' * len(part))})",
+                        [source, *part],
+                    )
+                    yield from cur.fetchall()
+            return
+        t = self.table
+        stmt = select(*(t.c[c] for c in columns)).where(
+            t.c.source == source, t.c[column].in_(bindparam("values", expanding=True))
+        )
+        if present_only:
+            stmt = stmt.where(t.c.removed == false())
+        for i in range(0, len(values), LOOKUP_CHUNK):
+            yield from conn.execute(stmt, {"values": list(values[i : i + LOOKUP_CHUNK])})
+
     def by_fingerprint(
         self, conn: Connection, source: str, fingerprints: Sequence[bytes]
     ) -> dict[bytes, tuple[int, int | None]]:
         """fingerprint -> (id, last_run_id) of the present (not removed) rows of ``source``
         carrying one of ``fingerprints``: read from the fingerprint index alone."""
-        out: dict[bytes, tuple[int, int | None]] = {}
-        if not fingerprints:
-            return out
-        if self.driver == "postgresql":
-            with self._cursor(conn) as cur:
-                for i in range(0, len(fingerprints), LOOKUP_CHUNK):
-                    cur.execute(
-                        f"SELECT id, fingerprint, last_run_id FROM {self.name} "
-                        "WHERE source = %s AND removed = false AND fingerprint = ANY(%s)",
-                        (source, list(fingerprints[i : i + LOOKUP_CHUNK])),
-                    )
-                    for row_id, fp, last_run in cur.fetchall():
-                        out[bytes(fp)] = (row_id, last_run)
-            return out
-        if self.driver == "sqlite":
-            with self._cursor(conn) as cur:
-                for i in range(0, len(fingerprints), LOOKUP_CHUNK):
-                    part = fingerprints[i : i + LOOKUP_CHUNK]
-                    cur.execute(
-                        f"SELECT id, fingerprint, last_run_id FROM {self.name} "
-                        f"WHERE source = ? AND removed = 0 "
-                        f"AND fingerprint IN ({', '.join('?' * len(part))})",
-                        [source, *part],
-                    )
-                    for row_id, fp, last_run in cur.fetchall():
-                        out[fp] = (row_id, last_run)
-            return out
-        t = self.table
-        stmt = select(t.c.id, t.c.fingerprint, t.c.last_run_id).where(
-            t.c.source == source,
-            t.c.removed == false(),
-            t.c.fingerprint.in_(bindparam("fps", expanding=True)),
+        rows = self._rows_in(
+            conn,
+            ("id", "fingerprint", "last_run_id"),
+            source,
+            "fingerprint",
+            fingerprints,
+            present_only=True,
         )
-        for i in range(0, len(fingerprints), LOOKUP_CHUNK):
-            for row_id, fp, last_run in conn.execute(
-                stmt, {"fps": list(fingerprints[i : i + LOOKUP_CHUNK])}
-            ):
-                out[bytes(fp)] = (row_id, last_run)
-        return out
+        return {bytes(fp): (row_id, last_run) for row_id, fp, last_run in rows}
 
     def following(
         self, conn: Connection, source: str, after: int, limit: int, skip_runs: Collection[int]
@@ -356,49 +367,13 @@ class DatasetTable:
     def by_record_key(self, conn: Connection, source: str, keys: Sequence[str]) -> dict[str, Found]:
         """record_key -> (id, content_hash, removed, last_run_id, fingerprint) of the stored rows
         of ``source`` among ``keys``."""
-        out: dict[str, Found] = {}
-        if not keys:
-            return out
-        cols = "record_key, id, content_hash, removed, last_run_id, fingerprint"
-        if self.driver == "postgresql":
-            with self._cursor(conn) as cur:
-                for i in range(0, len(keys), LOOKUP_CHUNK):
-                    cur.execute(
-                        f"SELECT {cols} FROM {self.name} "
-                        "WHERE source = %s AND record_key = ANY(%s)",
-                        (source, list(keys[i : i + LOOKUP_CHUNK])),
-                    )
-                    for rk, rid, ch, removed, last_run, fp in cur.fetchall():
-                        out[rk] = (
-                            rid,
-                            ch,
-                            bool(removed),
-                            last_run,
-                            None if fp is None else bytes(fp),
-                        )
-            return out
-        if self.driver == "sqlite":
-            with self._cursor(conn) as cur:
-                for i in range(0, len(keys), LOOKUP_CHUNK):
-                    part = list(keys[i : i + LOOKUP_CHUNK])
-                    cur.execute(
-                        f"SELECT {cols} FROM {self.name} "
-                        f"WHERE source = ? AND record_key IN ({', '.join('?' * len(part))})",
-                        [source, *part],
-                    )
-                    for rk, rid, ch, removed, last_run, fp in cur.fetchall():
-                        out[rk] = (rid, ch, bool(removed), last_run, fp)
-            return out
-        t = self.table
-        stmt = select(
-            t.c.record_key, t.c.id, t.c.content_hash, t.c.removed, t.c.last_run_id, t.c.fingerprint
-        ).where(t.c.source == source, t.c.record_key.in_(bindparam("keys", expanding=True)))
-        for i in range(0, len(keys), LOOKUP_CHUNK):
-            for rk, rid, ch, removed, last_run, fp in conn.execute(
-                stmt, {"keys": list(keys[i : i + LOOKUP_CHUNK])}
-            ):
-                out[rk] = (rid, ch, bool(removed), last_run, None if fp is None else bytes(fp))
-        return out
+        columns = ("record_key", "id", "content_hash", "removed", "last_run_id", "fingerprint")
+        return {
+            rk: (rid, ch, bool(removed), last_run, None if fp is None else bytes(fp))
+            for rk, rid, ch, removed, last_run, fp in self._rows_in(
+                conn, columns, source, "record_key", keys
+            )
+        }
 
     # -- writes -----------------------------------------------------------------------------------
 
