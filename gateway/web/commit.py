@@ -250,21 +250,7 @@ def _json_insert(table: Any, columns: Sequence[str], source: str = "%s::json") -
     )
 
 
-_ENTRY_COLUMNS = (
-    "seq",
-    "ts",
-    "actor",
-    "action",
-    "outcome",
-    "dataset",
-    "purpose",
-    "fields",
-    "subject_count",
-    "detail",
-    "alg",
-    "prev_hash",
-    "hash",
-)
+_ENTRY_COLUMNS = tuple(c.name for c in audit.ENTRIES.columns)  # every key of audit._links rows
 _ENTRIES_SQL = _json_insert(audit.ENTRIES, _ENTRY_COLUMNS, "(SELECT doc->'e' FROM d)")
 _SUBJECTS_SQL = _json_insert(
     audit.SUBJECTS, ("entry_seq", "subject_key"), "(SELECT doc->'s' FROM d)"
