@@ -247,31 +247,31 @@ def columns_for(list_name: str, reveal: bool) -> list[str]:
 # Cell values for people (XLSX) and for machines (JSON)
 
 
+# Columns whose codes the report shows as their labels.
+_CODE_LABELS: dict[str, dict[Any, str]] = {
+    "sex": schemas.SEX,
+    "id_type": schemas.ID_TYPES,
+    "student_status": schemas.STUDENT_STATUS,
+    "disability_category": schemas.DISABILITY_CATEGORY,
+    "disability_grade": schemas.DISABILITY_GRADE,
+    "monitor_type": schemas.POVERTY_TYPE,
+    "reason": REASONS,
+}
+
+
 def _label(column: str, value: Any) -> Any:
     if value is None:
         return None
     if isinstance(value, bool):
         return "是" if value else None
-    if column == "sex":
-        return schemas.SEX.get(value, value)
-    if column == "id_type":
-        return schemas.ID_TYPES.get(value, value)
-    if column == "student_status":
-        return schemas.STUDENT_STATUS.get(value, value)
-    if column == "disability_category":
-        return schemas.DISABILITY_CATEGORY.get(value, value)
-    if column == "disability_grade":
-        return schemas.DISABILITY_GRADE.get(value, value)
-    if column == "monitor_type":
-        return schemas.POVERTY_TYPE.get(value, value)
-    if column == "reason":
-        return REASONS.get(value, value)
+    labels = _CODE_LABELS.get(column)
+    if labels is not None:
+        return labels.get(value, value)
     if column == "registries":
         return "、".join(REGISTRY_LABELS.get(v, v) for v in value) or None
     if isinstance(value, str):
-        return ILLEGAL_CHARACTERS_RE.sub(
-            "", value
-        )  # control characters from a source: XML forbids them
+        # control characters from a source: XML forbids them
+        return ILLEGAL_CHARACTERS_RE.sub("", value)
     return value
 
 
