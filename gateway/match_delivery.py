@@ -73,6 +73,18 @@ RETRIES = 3
 M = MatchRow.__table__
 S = Student.__table__
 RUNS = MatchRun.__table__
+# Where the student is: from the student's record (``record_<name>``) for a cleared flag, else as
+# the run listed it (the list calls the status ``student_status``).
+_PLACE_FIELDS = (
+    "school_code",
+    "school_name",
+    "grade",
+    "class_name",
+    "status",
+    "area_code",
+    "village",
+)
+_LISTED_AS = {"status": "student_status"}
 _FLAG_FIELDS = ("poverty_lifted", "dibao", "tekun", "orphan", "unsupported_child")
 _DETAIL_FIELDS = (
     "monitor_type",
@@ -330,28 +342,11 @@ def _record(row: dict[str, Any], run: MatchSummary, *, cleared: bool) -> dict[st
         "flagged": not cleared,
     }
     if cleared:  # where the student stands now; every flag off
-        rec.update(
-            school_code=row["record_school_code"],
-            school_name=row["record_school_name"],
-            grade=row["record_grade"],
-            class_name=row["record_class_name"],
-            status=row["record_status"],
-            area_code=row["record_area_code"],
-            village=row["record_village"],
-            **dict.fromkeys(_FLAG_FIELDS, False),
-            **dict.fromkeys(_DETAIL_FIELDS),
-        )
+        rec.update({name: row[f"record_{name}"] for name in _PLACE_FIELDS})
+        rec.update(dict.fromkeys(_FLAG_FIELDS, False), **dict.fromkeys(_DETAIL_FIELDS))
     else:  # as the run listed it
-        rec.update(
-            school_code=row["school_code"],
-            school_name=row["school_name"],
-            grade=row["grade"],
-            class_name=row["class_name"],
-            status=row["student_status"],
-            area_code=row["area_code"],
-            village=row["village"],
-            **{name: row[name] for name in _FLAG_FIELDS + _DETAIL_FIELDS},
-        )
+        rec.update({name: row[_LISTED_AS.get(name, name)] for name in _PLACE_FIELDS})
+        rec.update({name: row[name] for name in _FLAG_FIELDS + _DETAIL_FIELDS})
     return rec
 
 
