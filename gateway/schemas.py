@@ -101,7 +101,9 @@ def _f(
     )
 
 
-class _Canonical(Schema):
+class _Identity(Schema):
+    """Who a record is about: what every canonical dataset and the flags share."""
+
     class Meta:
         unknown = RAISE
 
@@ -111,6 +113,9 @@ class _Canonical(Schema):
     id_number = _f(
         fields.String, "身份证件号", sensitivity="national_id", required=True, max_length=40
     )
+
+
+class _Canonical(_Identity):
     name = _f(fields.String, "姓名", sensitivity="personal", required=True, max_length=100)
     sex = _f(fields.String, "性别", codes=SEX)
     birth_date = _f(fields.Date, "出生日期")
@@ -184,20 +189,12 @@ DATASET_SCHEMAS: dict[str, type[Schema]] = {
 DATASETS = tuple(DATASET_SCHEMAS)
 
 
-class FlagsSchema(Schema):
+class FlagsSchema(_Identity):
     """A student's flags from a match run (list ``flags`` of ``gateway.match``) as a target is
     sent them by ``gateway.match_delivery``. Computed by the gateway, not read from a source: an
     outbound-only dataset with no store table. A cleared record (the student left the flags list)
     has every flag false and ``flagged`` false."""
 
-    class Meta:
-        unknown = RAISE
-
-    subject_key = _f(fields.String, "主体索引 (盲索引)", max_length=100)
-    id_type = _f(fields.String, "身份证件类型", codes=ID_TYPES)
-    id_number = _f(
-        fields.String, "身份证件号", sensitivity="national_id", required=True, max_length=40
-    )
     student_no = _f(fields.String, "全国学籍号", sensitivity="national_id", max_length=40)
     school_code = _f(fields.String, "学校标识码", max_length=32)
     school_name = _f(fields.String, "学校名称", max_length=200)
