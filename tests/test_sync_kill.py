@@ -47,12 +47,14 @@ DEADLINE_S = 300.0
 
 def _site(folder: Path, source: str, target: str, keyring_from: Path | None = None) -> Site:
     create_target(target)
-    path = write_site(
-        folder,
-        f"sqlite:///{folder / 'store.db'}",
-        job_config(source, target_url=target, batch_size=BATCH),
-    )
-    if keyring_from is not None:  # the same keys: blind indexes and hashes comparable
+    return _site_of(folder, job_config(source, target_url=target, batch_size=BATCH), keyring_from)
+
+
+def _site_of(folder: Path, jobs: dict, keyring_from: Path | None) -> Site:
+    """A site on its own SQLite store running ``jobs``, with the keys of ``keyring_from`` if
+    given (the same keys: blind indexes and hashes comparable)."""
+    path = write_site(folder, f"sqlite:///{folder / 'store.db'}", jobs)
+    if keyring_from is not None:
         shutil.copy(keyring_from, folder / "keyring.json")
         os.chmod(folder / "keyring.json", 0o600)
     write_mappings(folder)
@@ -222,18 +224,7 @@ def test_sigkill_at_random_points_loses_and_doubles_nothing(tmp_path):
 
 
 def _csv_site(folder: Path, csv_path: Path, keyring_from: Path | None = None) -> Site:
-    path = write_site(
-        folder,
-        f"sqlite:///{folder / 'store.db'}",
-        file_job_config(csv_path, batch_size=BATCH),
-    )
-    if keyring_from is not None:
-        shutil.copy(keyring_from, folder / "keyring.json")
-        os.chmod(folder / "keyring.json", 0o600)
-    write_mappings(folder)
-    site = Site.from_config(path)
-    Base.metadata.create_all(site.engine)
-    return site
+    return _site_of(folder, file_job_config(csv_path, batch_size=BATCH), keyring_from)
 
 
 def _children(pid: int) -> set[int]:
