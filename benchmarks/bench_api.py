@@ -18,8 +18,13 @@ poverty records (pushed through the sync engine), starts ``gunicorn -w 2 -k gthr
   costs the shared cores about a quarter of the Python generator's CPU per request. Every request is refused or answered
   only after its nonce and its audit entry are committed (synchronous_commit on): the figures
   include that durable write. Prints requests/s, p50 and p99 latency, and checks afterwards that the
-  audit log holds one ``api.lookup`` entry per answered request.
+  audit log holds one ``api.lookup`` entry per answered request. Also prints how the keep-alive
+  connections were spread over the workers mid-run (``6/2``: a worker serves only the
+  connections it accepted, so an uneven split leaves part of a core idle).
 * one 10,000-subject batch lookup, ``--batch-runs`` times (median and all runs).
+* the HTTP stack's floor (with wrk; ``--no-floor`` skips it): the same server and connections on
+  ``GET /healthz``, which signs, reads and audits nothing. No lookup can be faster than this; its
+  CPU per request is what gunicorn + Flask alone cost on this machine.
 
 Targets (issue 6): >= 2,000 requests/s, p99 <= 50 ms, a 10,000-subject batch <= 1 s. The load
 generator and the server share this machine's cores: the figures say how many.
@@ -28,6 +33,7 @@ generator and the server share this machine's cores: the figures say how many.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
 import json
 import multiprocessing
@@ -40,8 +46,10 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -424,15 +432,95 @@ def batch(port: int, secret: bytes, numbers: list[str], runs: int) -> list[float
     return times
 
 
+def floor(pid: int, port: int, seconds: float, threads: int, connections: int) -> None:
+    """The same server under the same wrk load on ``GET /healthz``: no signature, no store, no
+    audit entry, so what gunicorn's gthread worker and Flask alone allow on this machine."""
+    cmd = [
+        shutil.which("wrk") or "wrk",
+        f"-t{threads}",
+        f"-c{connections}",
+        f"-d{max(1, round(seconds))}s",
+        f"http://127.0.0.1:{port}/healthz",
+    ]
+    cpu0, (busy0, _) = _cpu_seconds(pid), _machine_busy()
+    split = sampled_split(pid, port, seconds / 2)
+    done = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    cpu, (busy1, _) = _cpu_seconds(pid) - cpu0, _machine_busy()
+    # wrk's summary: "  N requests in 10.00s, ..." and "Requests/sec:  N".
+    total = next(
+        int(line.split()[0]) for line in done.stdout.splitlines() if " requests in " in line
+    )
+    rps = next(
+        float(line.split()[1])
+        for line in done.stdout.splitlines()
+        if line.startswith("Requests/sec")
+    )
+    print(
+        f"floor, GET /healthz on the same server (no signature, store or audit): {rps:,.0f} "
+        f"req/s; gunicorn workers {cpu / max(1, total) * 1000:.2f} ms per request; machine "
+        f"{(busy1 - busy0) / max(1e-9, seconds):.2f} cores busy; connections per worker "
+        f"{split()}"
+    )
+
+
+def _worker_pids(pid: int) -> list[int]:
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def connection_split(pid: int, port: int) -> str:
+    """How the load generator's keep-alive connections are spread over gunicorn's workers right
+    now, e.g. ``6/2``: a worker answers only its own connections, so with 8 long-lived ones an
+    uneven split leaves one worker's core idle while the other's GIL caps the rate."""
+    inodes: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            f = line.split()
+            # local address "ADDR:PORT" in hex; state 01 = ESTABLISHED; inode is field 9
+            if int(f[1].rsplit(":", 1)[1], 16) == port and f[3] == "01":
+                inodes.add(f[9])
+    counts = []
+    for worker in _worker_pids(pid):
+        n = 0
+        try:
+            for fd in Path(f"/proc/{worker}/fd").iterdir():
+                with contextlib.suppress(OSError):
+                    link = os.readlink(fd)
+                    n += link.startswith("socket:[") and link[8:-1] in inodes
+        except OSError:
+            pass
+        counts.append(n)
+    return "/".join(str(n) for n in sorted(counts, reverse=True)) or "unknown"
+
+
+def sampled_split(pid: int, port: int, after: float) -> Callable[[], str]:
+    """``connection_split`` taken ``after`` seconds from now (mid-run), in a thread."""
+    result = ["unknown"]
+
+    def take() -> None:
+        time.sleep(after)
+        result[0] = connection_split(pid, port)
+
+    thread = threading.Thread(target=take, daemon=True)
+    thread.start()
+
+    def get() -> str:
+        thread.join()
+        return result[0]
+
+    return get
+
+
 def _cpu_seconds(pid: int) -> float:
     """utime + stime of a process and its live children (gunicorn's workers)."""
     tick = os.sysconf("SC_CLK_TCK")
-    pids = [pid]
-    try:
-        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-        pids += [int(c) for c in children]
-    except OSError:
-        pass
+    pids = [pid, *_worker_pids(pid)]
     total = 0.0
     for p in pids:
         try:
@@ -472,6 +560,9 @@ def main() -> None:
         choices=("auto", "wrk", "python"),
         default="auto",
         help="auto: wrk when installed (apt-get install wrk), else the Python generator",
+    )
+    parser.add_argument(
+        "--no-floor", action="store_true", help="skip the /healthz floor (HTTP stack alone)"
     )
     args = parser.parse_args()
     use_wrk = args.loadgen == "wrk" or (args.loadgen == "auto" and shutil.which("wrk"))
@@ -540,6 +631,7 @@ def main() -> None:
             pg_cpu = _pg_cpu_seconds(admin, name)
             client_cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
             busy0, total0 = _machine_busy()
+            split = sampled_split(proc.pid, port, args.seconds / 2)
             answered, errors, elapsed, p50, p99 = run()
             busy1, total1 = _machine_busy()
             server_cpu = _cpu_seconds(proc.pid) - server_cpu
@@ -573,7 +665,8 @@ def main() -> None:
                 f"CPU during the run: machine {cores:.2f} of {os.cpu_count()} cores busy "
                 f"({(busy1 - busy0) / max(1e-9, total1 - total0):.0%}, other users included); "
                 f"per request: gunicorn workers {server_cpu / n * 1000:.2f} ms, PostgreSQL "
-                f"{pg_cpu / n * 1000:.2f} ms, load generator {client_cpu / n * 1000:.2f} ms"
+                f"{pg_cpu / n * 1000:.2f} ms, load generator {client_cpu / n * 1000:.2f} ms; "
+                f"connections per worker {split()}"
             )
             # Latency when the server is not saturated: paced at half the throughput just measured.
             paced, paced_errors, paced_s, paced_p50, paced_p99 = prepared(args.seconds, rps / 2)()
@@ -586,6 +679,8 @@ def main() -> None:
                 f"10,000-subject batch: median {statistics.median(times):.3f} s "
                 f"(runs: {', '.join(f'{t:.3f}' for t in times)}; target <= {TARGET_BATCH_S:.0f} s)"
             )
+            if use_wrk and not args.no_floor:
+                floor(proc.pid, port, args.seconds, args.procs, connections)
             site.engine.dispose()
     finally:
         if proc is not None:
