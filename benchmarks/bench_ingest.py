@@ -188,7 +188,7 @@ def bench(kind: str, n: int, args: argparse.Namespace) -> None:
             print(
                 f"  {'XLSX reader alone':<19} {n:>9,} rows  wall {wall:7.2f} s "
                 f"{n / wall:>9,.0f} rows/s  CPU {cpu:7.2f} s {n / cpu:>9,.0f} rows/s"
-                "  (openpyxl read-only: the ceiling of any XLSX ingest)",
+                "  (the connector's reader: the ceiling of any XLSX ingest)",
                 flush=True,
             )
 

@@ -1,5 +1,6 @@
-"""The ``xlsx`` connector: Excel exports as departments make them, read with openpyxl's streaming
-(read-only) mode; formatted sheets written for departments that want Excel back.
+"""The ``xlsx`` connector: Excel exports as departments make them, read with python-calamine where
+the workbook fits in memory and openpyxl's streaming (read-only) mode otherwise (_xlsx_books);
+formatted sheets written for departments that want Excel back.
 
 Exports often start with title rows above the header ("XX县学籍信息导出", "导出时间 ..."): the header
 is the first row holding every required column, or, with none configured, the first row with the
@@ -28,7 +29,7 @@ from gateway.connectors import Batch, Connector, ConnectorContext, Row, WriteRes
 from gateway.errors import ConfigError, SourceError
 from gateway.hookspecs import hookimpl
 
-from . import _files
+from . import _files, _xlsx_books
 
 # Header words of columns holding ID numbers (身份证件号, 证件号码, 公民身份号码, 残疾人证号 ...);
 # 身份证件类型 (the document type, a small code) holds no number.
@@ -43,6 +44,7 @@ _BROKEN = (
     TypeError,
     ParseError,
     EOFError,
+    _xlsx_books.CalamineError,
 )
 _BOLD = Font(bold=True)
 
@@ -117,8 +119,12 @@ class XlsxConnector(Connector):
     def _name(self, path: Path) -> str:
         return _files.display(path, self.base_dir)
 
-    def _open(self, path: Path) -> Any:
+    def _open(self, path: Path, *, reading: bool = False) -> Any:
+        """The workbook: for reading rows, the faster reader where it applies (_xlsx_books);
+        for merging into it (``write``), openpyxl's."""
         try:
+            if reading:
+                return _xlsx_books.open_for_reading(path)
             return load_workbook(path, read_only=True, data_only=True)
         except OSError as exc:
             raise _files.unreadable(path, self.context, exc) from None
@@ -145,7 +151,7 @@ class XlsxConnector(Connector):
 
     def _file_rows(self, path: Path, resume: _files.Where | None) -> Iterator[_files.Item]:
         name = self._name(path)
-        wb = self._open(path)
+        wb = self._open(path, reading=True)
         try:
             sheets = self._selected(wb, name)
             if resume and resume.get("sheet") in sheets:

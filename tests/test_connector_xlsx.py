@@ -5,11 +5,13 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
+from gateway_plugins import _xlsx_books
 from gateway_plugins.xlsx_files import XlsxConnector, is_id_column
 from openpyxl import Workbook, load_workbook
 
@@ -20,6 +22,16 @@ from tests.test_connector_csv import GBK_STUDENTS, HEADER, csv_bytes
 from tests.test_connector_csv import connector as csv_connector
 
 TITLES = ["XX县中小学生学籍信息导出", "导出时间：2026-03-01 09:30    导出人：admin"]
+
+
+@pytest.fixture(autouse=True, params=["calamine", "openpyxl"])
+def reader(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test of this module runs with each of the two readers (_xlsx_books): python-calamine
+    (the workbooks here are small) and openpyxl's streaming one (as for a workbook over the
+    size limit)."""
+    if request.param == "openpyxl":
+        monkeypatch.setattr(_xlsx_books, "CALAMINE_MAX_XML", -1)
+    return request.param
 
 
 def export(
@@ -419,3 +431,107 @@ def test_writer_keeps_title_rows_and_refuses_workbooks_with_other_sheets(tmp_pat
             [{"姓名": "x", "救助类别": "低保"}], ["姓名"]
         )
     assert (tmp_path / "inbox" / "civil.xlsx").read_bytes() == before
+
+
+# --- the two readers ---------------------------------------------------------------------------
+
+
+def tricky_book(path: Path) -> Path:
+    """Title rows, a blank first column, ints, floats, long numbers, dates at midnight and not,
+    times, booleans, a formula without a cached value, ragged rows and a blank row."""
+    wb = Workbook()
+    ws = wb.active
+    ws.title = "名单"
+    ws["C2"] = "XX县导出"
+    names = ["编号", "身份证件号", "出生日期", "登记", "在校", "分数", "备注"]
+    for col, name in zip("BCDEFGH", names, strict=True):
+        ws[f"{col}4"] = name
+    ws.append(
+        [
+            None,
+            1,
+            "11010520100304001X",
+            dt.date(2010, 3, 4),
+            dt.datetime(2024, 1, 2, 3, 4, 5),
+            True,
+            1.5,
+            " 空格 ",
+        ]
+    )
+    ws.append(
+        [None, 2, 110105201003040013, dt.datetime(2011, 6, 11), dt.time(8, 30), False, 90, "=1+1"]
+    )
+    ws.append([])
+    ws.append([None, 3, 110105800101001, None, None, None, 1e16, None, "右边多一格"])
+    ws.append([None, 4.0, "110105201106110021"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    wb.save(path)
+    return path
+
+
+def _read_with(reader: str, base: Path, monkeypatch: pytest.MonkeyPatch, **options: Any) -> list:
+    with monkeypatch.context() as m:
+        m.setattr(_xlsx_books, "CALAMINE_MAX_XML", 48 * 2**20 if reader == "calamine" else -1)
+        batches = list(connector(base, **options).read(batch_size=2))
+    return [(b.cursor, [(r.position, r.data, r.problems) for r in b.rows]) for b in batches]
+
+
+def test_both_readers_give_the_same_rows_problems_and_cursors(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tricky_book(tmp_path / "inbox" / "t.xlsx")
+    calamine = _read_with("calamine", tmp_path, monkeypatch)
+    assert calamine == _read_with("openpyxl", tmp_path, monkeypatch)
+    rows = [r for _, batch in calamine for r in batch]
+    assert [r[0] for r in rows] == [f"inbox/t.xlsx!名单:{n}" for n in (5, 6, 8, 9)]
+    first, second, third, fourth = (r[1] for r in rows)
+    assert first["_column1"] is None and first["编号"] == 1 and type(first["编号"]) is int
+    assert first["出生日期"] == dt.datetime(2010, 3, 4)
+    assert first["登记"] == dt.datetime(2024, 1, 2, 3, 4, 5) and second["登记"] == dt.time(8, 30)
+    assert first["在校"] is True and first["分数"] == 1.5 and first["备注"] == " 空格 "
+    assert second["备注"] is None  # a formula openpyxl saved without a value
+    assert third["分数"] == 1e16 and type(third["分数"]) is float
+    assert type(fourth["编号"]) is int
+    assert [[p[:2] for p in r[2]] for r in rows] == [
+        [],
+        [("身份证件号", "excel_damaged")],
+        [("", "field_count"), ("身份证件号", "excel_damaged")],
+        [],
+    ]
+
+
+def test_error_cells_keep_their_text_and_big_workbooks_stream(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """calamine would read an error cell (#N/A) as blank: a workbook with one goes to openpyxl,
+    which keeps the text, so a broken ID cell is refused, not read as missing. So does a workbook
+    over the size limit (memory flat with input size)."""
+    import zipfile
+
+    book = tricky_book(tmp_path / "inbox" / "t.xlsx")
+    monkeypatch.setattr(_xlsx_books, "CALAMINE_MAX_XML", 48 * 2**20)  # whichever `reader`
+    assert _xlsx_books._calamine_fits(book)
+    opened = _xlsx_books.open_for_reading(book)
+    opened.close()
+    assert isinstance(opened, _xlsx_books._CalamineBook)
+    monkeypatch.setattr(_xlsx_books, "CALAMINE_MAX_XML", 100)
+    assert not _xlsx_books._calamine_fits(book)
+    opened = _xlsx_books.open_for_reading(book)
+    opened.close()
+    assert not isinstance(opened, _xlsx_books._CalamineBook)
+    monkeypatch.setattr(_xlsx_books, "CALAMINE_MAX_XML", 48 * 2**20)
+
+    with zipfile.ZipFile(book) as zf:
+        parts = {i.filename: zf.read(i.filename) for i in zf.infolist()}
+    sheet = parts["xl/worksheets/sheet1.xml"].decode()
+    cell = re.search(r'<c r="C5"[^>]*>.*?</c>', sheet)
+    assert cell is not None
+    parts["xl/worksheets/sheet1.xml"] = sheet.replace(
+        cell.group(0), '<c r="C5" t="e"><f>NA()</f><v>#N/A</v></c>'
+    ).encode()
+    with zipfile.ZipFile(book, "w") as zf:
+        for name, data in parts.items():
+            zf.writestr(name, data)
+    assert not _xlsx_books._calamine_fits(book)
+    rows = read_all(connector(tmp_path))
+    assert rows[0].data["身份证件号"] == "#N/A"
