@@ -6,6 +6,7 @@ import datetime as dt
 import json
 import os
 import re
+import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ def reader(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> s
     (the workbooks here are small) and openpyxl's streaming one (as for a workbook over the
     size limit)."""
     if request.param == "openpyxl":
-        monkeypatch.setattr(_xlsx_books, "CALAMINE_MAX_XML", -1)
+        monkeypatch.setattr(_xlsx_books, "CALAMINE_MAX_BYTES", -1)
     return request.param
 
 
@@ -471,7 +472,7 @@ def tricky_book(path: Path) -> Path:
 
 def _read_with(reader: str, base: Path, monkeypatch: pytest.MonkeyPatch, **options: Any) -> list:
     with monkeypatch.context() as m:
-        m.setattr(_xlsx_books, "CALAMINE_MAX_XML", 48 * 2**20 if reader == "calamine" else -1)
+        m.setattr(_xlsx_books, "CALAMINE_MAX_BYTES", 96 * 2**20 if reader == "calamine" else -1)
         batches = list(connector(base, **options).read(batch_size=2))
     return [(b.cursor, [(r.position, r.data, r.problems) for r in b.rows]) for b in batches]
 
@@ -505,33 +506,88 @@ def test_error_cells_keep_their_text_and_big_workbooks_stream(
 ) -> None:
     """calamine would read an error cell (#N/A) as blank: a workbook with one goes to openpyxl,
     which keeps the text, so a broken ID cell is refused, not read as missing. So does a workbook
-    over the size limit (memory flat with input size)."""
-    import zipfile
-
+    whose sheets are estimated over the memory limit (memory flat with input size)."""
     book = tricky_book(tmp_path / "inbox" / "t.xlsx")
-    monkeypatch.setattr(_xlsx_books, "CALAMINE_MAX_XML", 48 * 2**20)  # whichever `reader`
-    assert _xlsx_books._calamine_fits(book)
-    opened = _xlsx_books.open_for_reading(book)
-    opened.close()
-    assert isinstance(opened, _xlsx_books._CalamineBook)
-    monkeypatch.setattr(_xlsx_books, "CALAMINE_MAX_XML", 100)
-    assert not _xlsx_books._calamine_fits(book)
-    opened = _xlsx_books.open_for_reading(book)
-    opened.close()
-    assert not isinstance(opened, _xlsx_books._CalamineBook)
-    monkeypatch.setattr(_xlsx_books, "CALAMINE_MAX_XML", 48 * 2**20)
+    monkeypatch.setattr(_xlsx_books, "CALAMINE_MAX_BYTES", 2**40)  # whichever `reader`: all counted
+    estimate = _xlsx_books.estimated_memory(book)
+    assert estimate is not None
+    for limit, calamine in ((estimate, True), (estimate - 1, False)):
+        monkeypatch.setattr(_xlsx_books, "CALAMINE_MAX_BYTES", limit)
+        opened = _xlsx_books.open_for_reading(book)
+        opened.close()
+        assert isinstance(opened, _xlsx_books._CalamineBook) is calamine
 
-    with zipfile.ZipFile(book) as zf:
-        parts = {i.filename: zf.read(i.filename) for i in zf.infolist()}
+    parts = _zip_parts(book)
     sheet = parts["xl/worksheets/sheet1.xml"].decode()
     cell = re.search(r'<c r="C5"[^>]*>.*?</c>', sheet)
     assert cell is not None
     parts["xl/worksheets/sheet1.xml"] = sheet.replace(
         cell.group(0), '<c r="C5" t="e"><f>NA()</f><v>#N/A</v></c>'
     ).encode()
-    with zipfile.ZipFile(book, "w") as zf:
-        for name, data in parts.items():
-            zf.writestr(name, data)
-    assert not _xlsx_books._calamine_fits(book)
+    _write_zip(book, parts)
+    assert _xlsx_books.estimated_memory(book) is None
+    monkeypatch.setattr(_xlsx_books, "CALAMINE_MAX_BYTES", 2**40)
     rows = read_all(connector(tmp_path))
     assert rows[0].data["身份证件号"] == "#N/A"
+
+
+def _zip_parts(path: Path) -> dict[str, bytes]:
+    with zipfile.ZipFile(path) as zf:
+        return {i.filename: zf.read(i.filename) for i in zf.infolist()}
+
+
+def _write_zip(path: Path, parts: dict[str, bytes]) -> None:
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, data in parts.items():
+            zf.writestr(name, data)
+
+
+def test_the_memory_estimate_counts_every_cell_and_each_copy_of_a_shared_string(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A shared string is stored once in the file but copied into every cell by calamine: 3,000
+    cells referring to one long string are estimated at 3,000 copies of it; the count is right
+    when a cell's tag is cut in two by the 1 MB read chunk."""
+    monkeypatch.setattr(_xlsx_books, "CALAMINE_MAX_BYTES", 2**40)  # whichever `reader`
+    book = export(tmp_path / "b.xlsx", ["a"], [["x"]], titles=[], sheet="Sheet")
+    parts = _zip_parts(book)
+    text = "凯里市第一中学附属小学" * 4  # 132 bytes of UTF-8
+    parts["xl/sharedStrings.xml"] = (
+        '<?xml version="1.0" encoding="UTF-8"?><sst xmlns="http://schemas.openxmlformats.org/'
+        f'spreadsheetml/2006/main" count="3000" uniqueCount="1"><si><t>{text}</t></si></sst>'
+    ).encode()
+    rows = "".join(f'<row r="{r}"><c r="A{r}" t="s"><v>0</v></c></row>' for r in range(1, 3001))
+    sheet = parts["xl/worksheets/sheet1.xml"].decode()
+    sheet = re.sub(
+        r"<sheetData>.*</sheetData>|<sheetData ?/>", f"<sheetData>{rows}</sheetData>", sheet
+    )
+    parts["xl/worksheets/sheet1.xml"] = sheet.encode()
+    types = parts["[Content_Types].xml"].decode()
+    if "sharedStrings" not in types:
+        parts["[Content_Types].xml"] = types.replace(
+            "</Types>",
+            '<Override PartName="/xl/sharedStrings.xml" ContentType="application/vnd.'
+            'openxmlformats-officedocument.spreadsheetml.sharedStrings+xml"/></Types>',
+        ).encode()
+    rels = parts["xl/_rels/workbook.xml.rels"].decode()
+    if "sharedStrings" not in rels:
+        parts["xl/_rels/workbook.xml.rels"] = rels.replace(
+            "</Relationships>",
+            '<Relationship Id="rIdS" Type="http://schemas.openxmlformats.org/officeDocument/'
+            '2006/relationships/sharedStrings" Target="sharedStrings.xml"/></Relationships>',
+        ).encode()
+    _write_zip(book, parts)
+    xml = len(parts["xl/worksheets/sheet1.xml"])
+    per_copy = len(parts["xl/sharedStrings.xml"])  # one unique string: its entry is the table
+    expected = xml + 3000 * _xlsx_books._CELL_BYTES + 3000 * per_copy
+    assert _xlsx_books.estimated_memory(book) == expected
+    monkeypatch.setattr(_xlsx_books, "_CHUNK", 1000)  # tags cut at chunk boundaries
+    assert _xlsx_books.estimated_memory(book) == expected
+    # calamine reads it as 3,000 copies of the string
+    opened = _xlsx_books.open_for_reading(book)
+    try:
+        assert isinstance(opened, _xlsx_books._CalamineBook)
+        values = [r[0] for r in opened["Sheet"].iter_rows()]
+    finally:
+        opened.close()
+    assert values == [text] * 3000
