@@ -562,20 +562,24 @@ def test_the_memory_estimate_counts_every_cell_and_each_copy_of_a_shared_string(
         r"<sheetData>.*</sheetData>|<sheetData ?/>", f"<sheetData>{rows}</sheetData>", sheet
     )
     parts["xl/worksheets/sheet1.xml"] = sheet.encode()
-    types = parts["[Content_Types].xml"].decode()
-    if "sharedStrings" not in types:
-        parts["[Content_Types].xml"] = types.replace(
+    # The part's content type and the workbook's link to it (openpyxl wrote inline strings).
+    for name, closing, entry in (
+        (
+            "[Content_Types].xml",
             "</Types>",
             '<Override PartName="/xl/sharedStrings.xml" ContentType="application/vnd.'
-            'openxmlformats-officedocument.spreadsheetml.sharedStrings+xml"/></Types>',
-        ).encode()
-    rels = parts["xl/_rels/workbook.xml.rels"].decode()
-    if "sharedStrings" not in rels:
-        parts["xl/_rels/workbook.xml.rels"] = rels.replace(
+            'openxmlformats-officedocument.spreadsheetml.sharedStrings+xml"/>',
+        ),
+        (
+            "xl/_rels/workbook.xml.rels",
             "</Relationships>",
             '<Relationship Id="rIdS" Type="http://schemas.openxmlformats.org/officeDocument/'
-            '2006/relationships/sharedStrings" Target="sharedStrings.xml"/></Relationships>',
-        ).encode()
+            '2006/relationships/sharedStrings" Target="sharedStrings.xml"/>',
+        ),
+    ):
+        part = parts[name].decode()
+        if "sharedStrings" not in part:
+            parts[name] = part.replace(closing, entry + closing).encode()
     _write_zip(book, parts)
     xml = len(parts["xl/worksheets/sheet1.xml"])
     per_copy = len(parts["xl/sharedStrings.xml"])  # one unique string: its entry is the table
