@@ -7,6 +7,7 @@ import datetime as dt
 import threading
 
 import pytest
+from sqlalchemy.engine import make_url
 
 from gateway import audit
 from gateway.audit_verify import verify_store
@@ -184,12 +185,17 @@ def test_committers_of_one_host_take_turns_and_pass_the_head(site, monkeypatch) 
     assert report.entries == 12 and not report.problems
 
 
-def test_a_forged_head_hint_costs_a_retry_not_a_wrong_link(site) -> None:
+def test_a_forged_head_hint_costs_a_retry_not_a_wrong_link(site, store_url) -> None:
     _pg_only(site)
+    from gateway.web import commit
+
     first = GroupCommitter(site)
     first.commit(("edu-1", "hint-0", EXPIRES), [event(0)])
     first.commit(("edu-1", "hint-1", EXPIRES), [event(1)])
     path = first._pg._turn.path
+    # The file the pg_url fixture removes when it drops the database (no lock file left behind).
+    assert path == commit.hint_file(make_url(store_url).render_as_string(hide_password=True))
+    assert path.exists()
     forged = f"7 {'ab' * 32} 2026-01-01T00:00:00 0 -".encode().ljust(256)
     for text in (forged, b"garbage", b""):
         path.write_bytes(text)

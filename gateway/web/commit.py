@@ -446,6 +446,13 @@ class _PgWriter:
         return None, recorded
 
 
+def hint_file(store: str) -> Path:
+    """The lock file through which this user's committers of ``store`` (its URL as the engine
+    renders it, password hidden) take turns on this host (``_HostTurn``)."""
+    digest = hashlib.sha256(f"{os.getuid()}:{store}".encode()).hexdigest()[:24]
+    return Path(tempfile.gettempdir()) / f"gateway-audit-head-{digest}.lock"
+
+
 class _HostTurn:
     """The committers of one host (the gunicorn workers) write their batches in turns, and each
     leaves the chain head it wrote for the next one: a lock file holding the head as a hint.
@@ -460,8 +467,7 @@ class _HostTurn:
     SIZE = 256
 
     def __init__(self, store: str):
-        digest = hashlib.sha256(f"{os.getuid()}:{store}".encode()).hexdigest()[:24]
-        self.path = Path(tempfile.gettempdir()) / f"gateway-audit-head-{digest}.lock"
+        self.path = hint_file(store)
         self._fd: int | None = None
         self._pid = 0
         self._usable = True
