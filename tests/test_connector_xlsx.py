@@ -7,7 +7,7 @@ import json
 import os
 import re
 import zipfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -595,3 +595,40 @@ def test_the_memory_estimate_counts_every_cell_and_each_copy_of_a_shared_string(
     finally:
         opened.close()
     assert values == [text] * 3000
+
+
+def test_a_sheet_calamine_cannot_parse_is_read_by_openpyxl(tmp_path: Path) -> None:
+    """The fallback when calamine opens a workbook but fails on a sheet: the same rows, through
+    openpyxl, which then names anything really wrong with the sheet."""
+    from python_calamine import XmlError
+
+    book = tricky_book(tmp_path / "t.xlsx")
+    opened = _xlsx_books._CalamineBook(book)
+    real = opened.calamine
+
+    class Failing:
+        sheet_names = real.sheet_names
+
+        def get_sheet_by_name(self, name: str) -> Any:
+            raise XmlError(f"cannot parse {name}")
+
+        def close(self) -> None:
+            real.close()
+
+    def trimmed(rows: Iterator[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+        # calamine's rows are all as wide as the sheet, openpyxl's end at their last cell.
+        out = []
+        for row in rows:
+            cells = list(row)
+            while cells and cells[-1] is None:
+                cells.pop()
+            out.append(tuple(cells))
+        return out
+
+    try:
+        expected = trimmed(opened["名单"].iter_rows(min_row=4))
+        opened.calamine = Failing()
+        assert trimmed(opened["名单"].iter_rows(min_row=4)) == expected
+        assert opened._openpyxl is not None and len(expected) == 6
+    finally:
+        opened.close()
