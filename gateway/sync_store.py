@@ -38,6 +38,18 @@ BULK_LOAD_MAX_OTHER_ROWS = 100_000
 # the connection's temp store, never in the WAL.
 BULK_KEYS = "gateway_bulk_keys"
 
+
+def _sqlite_in(
+    cur: Any, head: str, params: Sequence[Any], column: str, values: Sequence[Any]
+) -> Iterator[tuple[Any, ...]]:
+    """The rows of ``{head} {column} IN (...)`` on a SQLite cursor for every one of ``values``,
+    asked ``LOOKUP_CHUNK`` at a time (SQLite caps the parameters of one statement)."""
+    for i in range(0, len(values), LOOKUP_CHUNK):
+        part = values[i : i + LOOKUP_CHUNK]
+        cur.execute(f"{head} {column} IN ({', '.join('?' * len(part))})", [*params, *part])
+        yield from cur.fetchall()
+
+
 # What a look-up by record key gives back per stored row.
 Found = tuple[int, str, bool, int | None, bytes | None]  # id, content_hash, removed, last_run, fp
 
@@ -169,17 +181,10 @@ class DatasetTable:
 
     def bulk_keys_hits(self, conn: Connection, hashes: Sequence[int]) -> list[tuple[int, int]]:
         """(hash, batch) of the ``hashes`` an earlier batch of the bulk load inserted."""
-        out: list[tuple[int, int]] = []
         with self._cursor(conn) as cur:
-            for i in range(0, len(hashes), LOOKUP_CHUNK):
-                part = hashes[i : i + LOOKUP_CHUNK]
-                cur.execute(
-                    f"SELECT h, batch FROM temp.{BULK_KEYS} "
-                    f"WHERE h IN ({', '.join('?' * len(part))})",
-                    part,
-                )
-                out.extend(cur.fetchall())
-        return out
+            return list(
+                _sqlite_in(cur, f"SELECT h, batch FROM temp.{BULK_KEYS} WHERE", (), "h", hashes)
+            )
 
     def by_record_key_between(
         self, conn: Connection, source: str, key: str, after_id: int, upto_id: int
@@ -249,14 +254,8 @@ class DatasetTable:
         if self.driver == "sqlite":
             where = "source = ?" + (" AND removed = 0" if present_only else "")
             with self._cursor(conn) as cur:
-                for i in range(0, len(values), LOOKUP_CHUNK):
-                    part = values[i : i + LOOKUP_CHUNK]
-                    cur.execute(
-                        f"SELECT {cols} FROM {self.name} WHERE {where} "
-                        f"AND {column} IN ({', '.join('?' * len(part))})",
-                        [source, *part],
-                    )
-                    yield from cur.fetchall()
+                head = f"SELECT {cols} FROM {self.name} WHERE {where} AND"
+                yield from _sqlite_in(cur, head, (source,), column, values)
             return
         t = self.table
         stmt = select(*(t.c[c] for c in columns)).where(
