@@ -14,6 +14,7 @@ and goes on. Writing upserts by key into one file, in the encoding the receiver 
 from __future__ import annotations
 
 import codecs
+import contextlib
 import csv
 import datetime as dt
 import io
@@ -21,7 +22,7 @@ import itertools
 import json
 import logging
 import operator
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -167,14 +168,16 @@ class CsvConnector(Connector):
 
     def _rows(self, path: Path, encoding: str, skip: int) -> Iterator[_files.Item]:
         name = self._name(path)
-        system = self.context.system
         try:
             f = path.open("r", encoding=encoding, newline="", errors="strict")
         except OSError as exc:
             raise _files.unreadable(path, self.context, exc) from None
         with f:
             reader = csv.reader(f, delimiter=self.delimiter, quotechar=self.quotechar)
-            try:
+            # A decoding error is on the line after the last one the reader finished.
+            with self._read_errors(
+                path, encoding, lambda: reader.line_num, lambda: reader.line_num + 1
+            ):
                 header = self._header(reader, name)
                 width = len(header)
                 consumed = skip
@@ -192,18 +195,6 @@ class CsvConnector(Connector):
                         yield None, consumed  # a blank line (or only delimiters): no data
                     else:
                         yield self._misshapen(f"{name}:{line}", header, fields), consumed
-            except csv.Error as exc:
-                raise SourceError(
-                    system, f"{name}:{reader.line_num}", f"malformed CSV: {_files.scrub(str(exc))}"
-                ) from None
-            except UnicodeDecodeError as exc:  # the file changed after it was checked
-                raise SourceError(
-                    system,
-                    f"{name}:{reader.line_num + 1}",
-                    f"cannot be decoded as {encoding}: {exc.reason}",
-                ) from None
-            except OSError as exc:
-                raise _files.unreadable(path, self.context, exc) from None
 
     def _raw_blocks(self, path: Path, encoding: str, skip: int) -> Iterator[_files.Block]:
         """The rows of one file as raw records, without parsing them: a line holding no quote
@@ -235,69 +226,80 @@ class CsvConnector(Connector):
                 yield decode(line)
 
         reader = csv.reader(feed(), delimiter=delimiter, quotechar=quote)
-        with f:
-            try:
-                header = self._header(reader, name)
-                form = _CsvForm(name, header, _line_codec(encoding), delimiter, quote, system)
-                width = len(header)
-                consumed = 0
-                while src.ready():
-                    first = src.number + 1  # the line number of the next line
-                    records: list[bytes] = []
-                    lines: list[int] = []
-                    marks: list[int] = []
-                    if not src.quoted:
-                        chunk = src.rest()
-                        if consumed < skip:
-                            drop = min(skip - consumed, len(chunk))
-                            consumed += drop
-                            first += drop
-                            chunk = chunk[drop:]
-                        heads = bytes(map(_FIRST, chunk))
-                        if not heads.translate(None, sure):  # no line can be blank
-                            records = chunk
-                            lines = list(range(first, first + len(chunk)))
-                            marks = list(range(consumed + 1, consumed + len(chunk) + 1))
-                            consumed += len(chunk)
-                        else:
-                            for line_no, line in enumerate(chunk, first):
-                                consumed += 1
-                                if line[0] in sure or not form.blank(line, width):
-                                    records.append(line)
-                                    lines.append(line_no)
-                                    marks.append(consumed)
+        with f, self._read_errors(path, encoding, lambda: src.number, lambda: src.number):
+            header = self._header(reader, name)
+            form = _CsvForm(name, header, _line_codec(encoding), delimiter, quote, system)
+            width = len(header)
+            consumed = 0
+            while src.ready():
+                first = src.number + 1  # the line number of the next line
+                records: list[bytes] = []
+                lines: list[int] = []
+                marks: list[int] = []
+                if not src.quoted:
+                    chunk = src.rest()
+                    if consumed < skip:
+                        drop = min(skip - consumed, len(chunk))
+                        consumed += drop
+                        first += drop
+                        chunk = chunk[drop:]
+                    heads = bytes(map(_FIRST, chunk))
+                    if not heads.translate(None, sure):  # no line can be blank
+                        records = chunk
+                        lines = list(range(first, first + len(chunk)))
+                        marks = list(range(consumed + 1, consumed + len(chunk) + 1))
+                        consumed += len(chunk)
                     else:
-                        for line in src.rest_of_chunk():
-                            line_no = src.number
-                            if qb in line:
-                                taken.clear()
-                                pushed.append(line)
-                                fields = next(reader)
-                                record = b"".join(taken)
-                                blank = not (len(fields) == width and any(fields)) and not (
-                                    "".join(fields).strip()
-                                )
-                            else:
-                                record = line
-                                blank = line[0] not in sure and form.blank(line, width)
+                        for line_no, line in enumerate(chunk, first):
                             consumed += 1
-                            if blank or consumed <= skip:
-                                continue
-                            records.append(record)
-                            lines.append(line_no)
-                            marks.append(consumed)
-                    if records:
-                        yield form, records, lines, marks, None
-            except csv.Error as exc:
-                raise SourceError(
-                    system, f"{name}:{src.number}", f"malformed CSV: {_files.scrub(str(exc))}"
-                ) from None
-            except UnicodeDecodeError as exc:  # the file changed after it was checked
-                raise SourceError(
-                    system, f"{name}:{src.number}", f"cannot be decoded as {encoding}: {exc.reason}"
-                ) from None
-            except OSError as exc:
-                raise _files.unreadable(path, self.context, exc) from None
+                            if line[0] in sure or not form.blank(line, width):
+                                records.append(line)
+                                lines.append(line_no)
+                                marks.append(consumed)
+                else:
+                    for line in src.rest_of_chunk():
+                        line_no = src.number
+                        if qb in line:
+                            taken.clear()
+                            pushed.append(line)
+                            fields = next(reader)
+                            record = b"".join(taken)
+                            blank = not (len(fields) == width and any(fields)) and not (
+                                "".join(fields).strip()
+                            )
+                        else:
+                            record = line
+                            blank = line[0] not in sure and form.blank(line, width)
+                        consumed += 1
+                        if blank or consumed <= skip:
+                            continue
+                        records.append(record)
+                        lines.append(line_no)
+                        marks.append(consumed)
+                if records:
+                    yield form, records, lines, marks, None
+
+    @contextlib.contextmanager
+    def _read_errors(
+        self, path: Path, encoding: str, at: Callable[[], int], decode_at: Callable[[], int]
+    ) -> Iterator[None]:
+        """What goes wrong while one file is read, as the error of the line it happened on (``at``,
+        or ``decode_at`` for a decoding error): the same messages from both readers."""
+        where = self._name(path)
+        try:
+            yield
+        except csv.Error as exc:
+            raise SourceError(
+                self.context.system, f"{where}:{at()}", f"malformed CSV: {_files.scrub(str(exc))}"
+            ) from None
+        except UnicodeDecodeError as exc:  # the file changed after it was checked
+            raise SourceError(
+                self.context.system,
+                f"{where}:{decode_at()}",
+                f"cannot be decoded as {encoding}: {exc.reason}",
+            ) from None
+        except OSError as exc:
+            raise _files.unreadable(path, self.context, exc) from None
 
     def _header(self, reader: Any, name: str) -> list[str]:
         records = list(itertools.islice(reader, self.header_row))

@@ -439,6 +439,22 @@ def test_rows_kept_as_bytes_are_the_rows_read_as_text(
             assert rest == [(r.position, r.data) for r in read_all(plain, b.cursor, batch_size=5)]
 
 
+def test_a_malformed_record_is_the_same_error_from_both_readers(tmp_path: Path) -> None:
+    """A quoted field over the csv module's size limit on line 3: one SourceError naming the file
+    and line, whether the rows are kept as bytes or read as text."""
+    big = "x" * (csv.field_size_limit() + 1)
+    drop(tmp_path, "m.csv", f'id,name\r\n1,a\r\n2,"{big}"\r\n3,c\r\n'.encode())
+    messages = []
+    for raw in (True, False):
+        c = connector(tmp_path, "inbox/m.csv")
+        c.raw = raw
+        with pytest.raises(SourceError) as caught:
+            read_all(c)
+        messages.append(str(caught.value))
+    assert messages[0] == messages[1]
+    assert "inbox/m.csv:3" in messages[0] and "malformed CSV" in messages[0]
+
+
 def test_equal_rows_have_equal_bytes_and_forms(tmp_path: Path) -> None:
     """What a fingerprint of the bytes relies on: the same line in the same form (header,
     encoding, dialect) is the same row; another header or encoding is another form."""
