@@ -59,6 +59,12 @@ def open_for_reading(path: Path) -> Any:
                 return _CalamineBook(path)
             except CalamineError:
                 pass  # openpyxl names what is wrong with the file
+    return open_streaming(path)
+
+
+def open_streaming(path: Path) -> Any:
+    """openpyxl's streaming (read-only) workbook, cells as their values (a formula's last
+    result): how the connector reads above the limit, and the sheet it merges into when writing."""
     return load_workbook(path, read_only=True, data_only=True)
 
 
@@ -173,7 +179,7 @@ class _CalamineBook:
 
     def openpyxl(self) -> Any:
         if self._openpyxl is None:
-            self._openpyxl = load_workbook(self._path, read_only=True, data_only=True)
+            self._openpyxl = open_streaming(self._path)
         return self._openpyxl
 
     def close(self) -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 from xml.etree.ElementTree import ParseError
 
-from openpyxl import Workbook, load_workbook
+from openpyxl import Workbook
 from openpyxl.cell import WriteOnlyCell
 from openpyxl.styles import Font
 from openpyxl.utils import get_column_letter
@@ -125,7 +125,7 @@ class XlsxConnector(Connector):
         try:
             if reading:
                 return _xlsx_books.open_for_reading(path)
-            return load_workbook(path, read_only=True, data_only=True)
+            return _xlsx_books.open_streaming(path)
         except OSError as exc:
             raise _files.unreadable(path, self.context, exc) from None
         except _BROKEN as exc:
@@ -356,7 +356,7 @@ class XlsxConnector(Connector):
         existing: Iterator[tuple[Any, ...]] = iter(())
         source = None
         if plan.had_sheet:
-            source = load_workbook(target, read_only=True, data_only=True)
+            source = _xlsx_books.open_streaming(target)
             sheet = source[self.write_sheet]
             sheet.reset_dimensions()
             existing = sheet.iter_rows(values_only=True)
